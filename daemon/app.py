@@ -1,0 +1,710 @@
+"""The loop: mailbox events → facts → decisions → actions → mailbox.
+
+This module is wiring only. It reads what is new in the mailbox (adapters), asks the core
+what it means and what is due, carries the decisions out, and records each in the state
+and the journal. Every function takes `now`: only `run` reads the clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+from flufl.bounce import all_failures
+
+from relance.config import Config
+from relance.core import compose
+from relance.core.classify import Kind, classify
+from relance.core.extract import due_date_for, extract_invoices_with_notes, looks_like_invoice
+from relance.core.schedule import BusinessCalendar, due_decisions, plan_next
+from relance.core.thread import cases_for, thread_index
+from relance.mailbox import smtp
+from relance.mailbox.imap import IMAP_ERRORS, Mailbox
+from relance.mailbox.parse import ParseFailure, parse_headers, parse_message
+from relance.model import (
+    OPEN_STATES,
+    Attachment,
+    Case,
+    CaseState,
+    Channel,
+    Decision,
+    Firm,
+    InvoiceFacts,
+    Mail,
+    Mode,
+    StepRecord,
+)
+from relance.rules.load import load_rules
+from relance.rules.model import Rules
+from relance.store.journal import Journal
+from relance.store.state import Cursor, StateStore, Transaction
+from relance.templates import Templates, load_templates, sample_contexts
+
+log = logging.getLogger("relance")
+
+NOTICE_TEMPLATES = (
+    "notice-reply", "notice-bounce", "notice-needs-facts", "notice-send-unknown",
+    "notice-formal-notice", "notice-task",
+)
+MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # bigger mails are noted, not parsed
+REIDLE_SECONDS = 9 * 60  # re-issue IDLE before providers drop it at 10 minutes
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a pass decides with; rebuilt on SIGHUP, kept when the new files are broken."""
+
+    config: Config
+    rules: Rules
+    templates: Templates
+    calendar: BusinessCalendar
+    firm: Firm
+
+
+def load_runtime(config: Config) -> tuple[Runtime | None, list[str]]:
+    """Rules and templates from disk, validated; problems as `FILE:LINE: message`."""
+    rules, rule_errors = load_rules(config.rules_dir)
+    templates, template_errors = load_templates(config.templates_dir)
+    problems = [str(e) for e in rule_errors] + [str(e) for e in template_errors]
+    if rules is None or templates is None:
+        return None, problems
+    try:
+        calendar = BusinessCalendar.from_rules(rules, config.tz)
+    except ValueError as exc:
+        return None, [*problems, f"{config.rules_dir}: {exc}"]
+    runtime = Runtime(config, rules, templates, calendar, config.firm.as_firm())
+    required = [step.template for step in rules.steps] + list(NOTICE_TEMPLATES)
+    problems += [str(e) for e in templates.check(sample_contexts(runtime.firm), required)]
+    return (None if problems else runtime), problems
+
+
+@dataclass
+class Notice:
+    """A message for the owner, sent after the state is committed."""
+
+    kind: str
+    template: str
+    case: Case | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    """One firm's mailbox and state; `run_pass` is the whole loop once."""
+
+    def __init__(self, runtime: Runtime, store: StateStore, journal: Journal) -> None:
+        self.rt = runtime
+        self.store = store
+        self.journal = journal
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.rt.config
+
+    # -- journal and log --------------------------------------------------------------
+    def event(self, now: datetime, name: str, case: str | None = None, **details: Any) -> None:
+        """One decision or fact: durable in the journal, one line in the log."""
+        entry = self.journal.append(name, at=now, case=case, **details)
+        shown = " ".join(f"{k}={_logfmt(v)}" for k, v in details.items())
+        log.info("event=%s%s %s", name, f" case={case}" if case else "", shown)
+        if self.on_event is not None:
+            self.on_event(entry)
+
+    # -- the pass ---------------------------------------------------------------------
+    def run_pass(self, mailbox: Mailbox, now: datetime) -> None:
+        """Sync what is new, then act on what is due at `now`."""
+        notices: list[Notice] = []
+        sent_folder = mailbox.sent_folder()
+        self.resolve_pending_sends(mailbox, sent_folder, now, notices)
+        for folder in (sent_folder, "INBOX"):
+            self.sync_folder(mailbox, folder, now, notices)
+        self.act(mailbox, sent_folder, now, notices)
+        self.send_notices(notices, now)
+
+    # -- sync -------------------------------------------------------------------------
+    def sync_folder(
+        self, mailbox: Mailbox, folder: str, now: datetime, notices: list[Notice]
+    ) -> None:
+        state = mailbox.folder_state(folder)
+        with self.store.reading() as view:
+            cursor = view.cursor(folder)
+        last_uid = 0
+        if cursor is not None and cursor.uidvalidity == state.uidvalidity:
+            last_uid = cursor.last_uid
+            if state.uidnext and state.uidnext - 1 <= last_uid:
+                return  # nothing new: a restart costs one SELECT per folder
+        elif cursor is not None:
+            self.event(now, "uidvalidity-changed", folder=folder,
+                       old=cursor.uidvalidity, new=state.uidvalidity)
+        uids = mailbox.uids_after(last_uid)
+        if not uids:
+            self._save_cursor(Cursor(folder, state.uidvalidity, last_uid, state.highestmodseq))
+            return
+        for chunk_start in range(0, len(uids), 500):
+            chunk = uids[chunk_start : chunk_start + 500]
+            heads = list(mailbox.fetch_headers(chunk))
+            with self.store.transaction() as tx:
+                for fetched in heads:
+                    try:
+                        mail = parse_headers(fetched.header_bytes, folder, fetched.uid)
+                        self.handle(tx, mailbox, mail, fetched.size, now, notices)
+                    except (ParseFailure, ValueError, UnicodeError, LookupError) as exc:
+                        self.event(now, "message-skipped", folder=folder, uid=fetched.uid,
+                                   reason=f"{type(exc).__name__}: {exc}")
+                tx.set_cursor(Cursor(folder, state.uidvalidity, chunk[-1], state.highestmodseq))
+            # the folder stays selected read-only by fetch_headers; re-select if handle moved
+            mailbox.folder_state(folder)
+
+    def _save_cursor(self, cursor: Cursor) -> None:
+        with self.store.transaction() as tx:
+            tx.set_cursor(cursor)
+
+    def handle(
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        notices: list[Notice],
+    ) -> None:
+        """Decide what one new message means, from its headers first."""
+        firm = self.rt.firm
+        kind = classify(head, firm)
+        open_cases = [c for c in tx.cases().values() if c.state in OPEN_STATES]
+        index = thread_index(tx.cases().values())
+        if kind is Kind.OWN:
+            self._own_copy(tx, head, now)
+            return
+        if kind is Kind.FIRM:
+            numbers = cases_for(head, (), index)  # thread headers only
+            if numbers:
+                self._firm_wrote(tx, numbers, head, now)
+            elif self._to_clients(head) and looks_like_invoice(
+                head.subject, head.headers.get("content-type", "")
+            ):
+                full = self._full(mailbox, head, size, now)
+                if full is not None:
+                    self._invoice_mail(tx, full, now, notices)
+            return
+        if head.from_addr in firm.owners:
+            return  # commands by email come with the listening work; never a client reply
+        numbers = cases_for(head, open_cases, index)
+        known_sender = any(
+            head.from_addr.rpartition("@")[2] == a.rpartition("@")[2]
+            for c in open_cases for a in c.client_addrs
+        )
+        if not numbers and not (known_sender or kind is Kind.BOUNCE):
+            return  # not about any case: most of an inbox
+        full = self._full(mailbox, head, size, now)
+        if full is None:
+            return
+        if kind is Kind.BOUNCE:
+            self._bounce(tx, full, mailbox, now, notices)
+            return
+        numbers = numbers or cases_for(full, open_cases, index)
+        for number in numbers:
+            case = tx.get_case(number)
+            if case is None:
+                continue
+            case = _with_thread_id(case, full.message_id)
+            if kind is Kind.AUTO_REPLY:
+                tx.put_case(case)
+                self.event(now, "auto-reply", number, sender=full.from_addr,
+                           subject=full.subject)
+                continue
+            self._client_replied(tx, case, full, now, notices)
+
+    def _to_clients(self, mail: Mail) -> bool:
+        inside = set(self.rt.firm.addresses) | set(self.rt.firm.owners)
+        return any(a not in inside for a in mail.recipients)
+
+    def _full(self, mailbox: Mailbox, head: Mail, size: int, now: datetime) -> Mail | None:
+        if size > MAX_MESSAGE_BYTES:
+            self.event(now, "message-too-big", folder=head.folder, uid=head.uid, size=size,
+                       subject=head.subject)
+            return None
+        raw = mailbox.fetch_message(head.folder, head.uid)
+        if raw is None:
+            return None
+        try:
+            return parse_message(raw, head.folder, head.uid)
+        except ParseFailure as exc:
+            self.event(now, "message-skipped", folder=head.folder, uid=head.uid, reason=str(exc))
+            return None
+
+    def _own_copy(self, tx: Transaction, head: Mail, now: datetime) -> None:
+        """A copy of our own reminder (in Sent, or sent by the owner from Drafts)."""
+        number = head.headers.get("x-relance-invoice", "").strip()
+        case = tx.get_case(number) if number else None
+        if case is None or "x-relance-step" not in head.headers:
+            return
+        updated = _with_thread_id(case, head.message_id)
+        if updated is not case:
+            tx.put_case(updated)
+
+    def _firm_wrote(self, tx: Transaction, numbers: list[str], head: Mail, now: datetime) -> None:
+        """The firm wrote by hand in a thread: a contact, so the next step keeps its gap."""
+        for number in numbers:
+            case = tx.get_case(number)
+            if case is None:
+                continue
+            at = head.date or now
+            last = case.last_contact_at
+            case = _with_thread_id(case, head.message_id)
+            if last is None or at > last:
+                case = dataclasses.replace(case, last_contact_at=at)
+            tx.put_case(case)
+            self.event(now, "firm-wrote", number, subject=head.subject, at=at)
+
+    def _invoice_mail(
+        self, tx: Transaction, mail: Mail, now: datetime, notices: list[Notice]
+    ) -> None:
+        found, notes = extract_invoices_with_notes(mail)
+        if notes:
+            self.event(now, "extraction-notes", folder=mail.folder, uid=mail.uid,
+                       subject=mail.subject, notes=list(notes))
+        for facts in found:
+            if facts.kind == "credit_note":
+                # Which invoice a credit note reduces is the owner's call for now.
+                self.event(now, "credit-note-seen", facts.number, amount=facts.amount,
+                           subject=mail.subject)
+                continue
+            existing = tx.get_case(facts.number)
+            if existing is not None:
+                updated = _with_thread_id(existing, mail.message_id)
+                if updated is not existing:
+                    tx.put_case(updated)
+                    self.event(now, "invoice-resent", facts.number, subject=mail.subject)
+                continue
+            case = self._open_case(facts, mail, now)
+            tx.put_case(case)
+            self.event(now, "invoice-found", case.number, client=",".join(case.client_addrs),
+                       amount=case.amount, currency=case.currency, due=case.due_date,
+                       state=case.state.value, source=facts.source,
+                       missing=list(facts.missing) or None)
+            if case.state is CaseState.NEEDS_FACTS:
+                notices.append(Notice("needs-facts", "notice-needs-facts", case,
+                                      {"facts": facts, "mail": mail,
+                                       "missing": list(_missing(case))}))
+
+    def _open_case(self, facts: InvoiceFacts, mail: Mail, now: datetime) -> Case:
+        firm = self.rt.firm
+        rules = self.rt.rules
+        inside = set(firm.addresses) | set(firm.owners)
+        clients = tuple(a for a in mail.recipients if a not in inside)
+        profile = rules.profile_for(clients)
+        terms = profile.terms if profile and profile.terms else rules.default_terms
+        due = due_date_for(facts, terms.days)
+        case = Case(
+            number=facts.number,
+            client_addrs=clients,
+            client_name=(profile.name if profile and profile.name else facts.client_name) or "",
+            subject=mail.subject,
+            root_message_id=mail.message_id,
+            root_references=mail.references,
+            amount=facts.amount,
+            currency=facts.currency,
+            issue_date=facts.issue_date or (mail.date.date() if mail.date else None),
+            due_date=due,
+            thread_ids=(mail.message_id,),
+            last_contact_at=mail.date,
+            invoice_folder=mail.folder,
+            invoice_uid=mail.uid,
+            language=(profile.language if profile and profile.language else rules.language),
+            opened_at=now,
+        )
+        if facts.amount is None or due is None:
+            return dataclasses.replace(case, state=CaseState.NEEDS_FACTS,
+                                       reason="missing: " + ", ".join(_missing(case)))
+        if profile is not None and profile.never_chase:
+            return dataclasses.replace(case, state=CaseState.STOPPED, reason="never-chase client")
+        sent_at = mail.date or now
+        if sent_at < now - timedelta(days=rules.adopt_max_age.days):
+            return dataclasses.replace(
+                case, state=CaseState.DONE,
+                reason=f"older than {rules.adopt_max_age.days} days when first seen; not chased",
+            )
+        return case
+
+    def _client_replied(
+        self, tx: Transaction, case: Case, mail: Mail, now: datetime, notices: list[Notice]
+    ) -> None:
+        if case.state in (CaseState.CHASING, CaseState.PAUSED):
+            first_line = next((ln.strip() for ln in mail.text.splitlines() if ln.strip()), "")
+            case = dataclasses.replace(
+                case, state=CaseState.PAUSED, paused_until=None,
+                reason=f"client replied {(mail.date or now):%Y-%m-%d}: {first_line[:80]}",
+            )
+            notices.append(Notice("reply", "notice-reply", case, {"mail": mail}))
+        tx.put_case(case)
+        self.event(now, "client-replied", case.number, sender=mail.from_addr,
+                   subject=mail.subject, state=case.state.value)
+
+    def _bounce(
+        self, tx: Transaction, mail: Mail, mailbox: Mailbox, now: datetime,
+        notices: list[Notice],
+    ) -> None:
+        raw = mailbox.fetch_message(mail.folder, mail.uid) or b""
+        failed = {a.decode(errors="replace").lower()
+                  for a in _bounce_addresses(raw)}
+        for case in tx.cases().values():
+            if case.state not in OPEN_STATES or not failed & set(case.client_addrs):
+                continue
+            left = tuple(a for a in case.client_addrs if a not in failed)
+            updated = _with_thread_id(case, mail.message_id)
+            if not left:
+                updated = dataclasses.replace(
+                    updated, state=CaseState.BAD_ADDRESS,
+                    reason="bounced: " + ", ".join(sorted(failed & set(case.client_addrs))),
+                )
+                notices.append(Notice("bounce", "notice-bounce", updated, {
+                    "mail": mail, "failed_addresses": sorted(failed & set(case.client_addrs)),
+                }))
+            tx.put_case(updated)
+            self.event(now, "bounce", case.number, failed=sorted(failed),
+                       state=updated.state.value)
+
+    # -- at most once -----------------------------------------------------------------
+    def resolve_pending_sends(
+        self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]
+    ) -> None:
+        """An intent with no result means a crash mid-send: look in Sent, never resend."""
+        with self.store.reading() as view:
+            pending = view.sends("intent")
+        for record in pending:
+            found = mailbox.find_message_id(sent_folder, record.message_id)
+            status = "sent" if found else "unknown"
+            with self.store.transaction() as tx:
+                tx.send_result(record.message_id, status, "resolved after restart", at=now)
+                case = tx.get_case(record.number)
+                if case is not None and case.last_step < record.step_index:
+                    case = _record_step(case, record.step_index, record.step_name,
+                                        record.created_at, record.message_id, status)
+                    tx.put_case(case)
+            self.event(now, "send-resolved", record.number, message_id=record.message_id,
+                       status=status, step=record.step_index)
+            if status == "unknown" and case is not None:
+                notices.append(Notice("send-unknown", "notice-send-unknown", case, {
+                    "message_id": record.message_id, "step_name": record.step_name,
+                    "step_index": record.step_index, "attempted_at": record.created_at,
+                    "detail": "the daemon stopped during the send; the copy is not in Sent",
+                }))
+
+    # -- acting -----------------------------------------------------------------------
+    def act(self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]) -> None:
+        with self.store.reading() as view:
+            cases = view.cases()
+        for decision in due_decisions(cases.values(), self.rt.rules, self.rt.calendar, now):
+            case = cases[decision.number]
+            try:
+                if decision.channel is Channel.EMAIL:
+                    self.send_reminder(mailbox, sent_folder, case, decision, now, notices)
+                else:
+                    self.hand_over(case, decision, now, notices)
+            except IMAP_ERRORS:
+                raise
+            except Exception as exc:  # one broken case must not stop the others
+                log.exception("case %s: step %s failed", case.number, decision.step_name)
+                self.event(now, "step-failed", case.number, step=decision.step_index,
+                           reason=f"{type(exc).__name__}: {exc}")
+
+    def render(self, case: Case, decision: Decision, now: datetime) -> compose.Rendered:
+        previous = case.steps
+        context = compose.template_context(case, decision, self.rt.firm, now, previous)
+        return self.rt.templates.render(decision.template, case.language, context)
+
+    def send_reminder(
+        self, mailbox: Mailbox, sent_folder: str, case: Case, decision: Decision,
+        now: datetime, notices: list[Notice],
+    ) -> None:
+        message_id = compose.reminder_message_id(case, decision.step_index, self.rt.firm.domain)
+        rendered = self.render(case, decision, now)
+        attachments = self._invoice_attachments(mailbox, case)
+        if self._step(decision).attach_previous:
+            attachments += self._previous_reminders(mailbox, sent_folder, case)
+        profile = self.rt.rules.profile_for(case.client_addrs)
+        extra = ()
+        if profile is not None and decision.step_index >= profile.extra_contacts_from:
+            extra = profile.extra_contacts
+        message = compose.build_reminder(case, decision, self.rt.firm, rendered, now,
+                                         message_id, attachments, extra)
+        mode = self.config.mode
+        if mode is Mode.DRY_RUN:
+            self.event(now, "would-send", case.number, step=decision.step_index,
+                       step_name=decision.step_name, to=message["To"],
+                       subject=message["Subject"])
+            return
+        with self.store.transaction() as tx:
+            fresh = tx.get_case(case.number)
+            if fresh is None or fresh.last_step >= decision.step_index or fresh.state not in (
+                CaseState.CHASING, CaseState.PAUSED
+            ) or (fresh.state is CaseState.PAUSED and fresh.paused_until is None):
+                return  # the owner or a reply got there first
+            previous = tx.send(message_id)
+            if previous is not None and previous.status != "failed":
+                return
+            if mode is Mode.SEND and previous is None:
+                tx.send_intent(message_id, case.number, decision.step_index,
+                               decision.step_name, now)
+        if mode is Mode.DRAFT:
+            mailbox.append(mailbox.drafts_folder(), message.as_bytes(), (b"\\Draft",), now)
+            outcome = smtp.SendOutcome("drafted", "appended to Drafts")
+        else:
+            outcome = smtp.send(self.config.smtp, message)
+        with self.store.transaction() as tx:
+            if mode is Mode.SEND:
+                tx.send_result(message_id, outcome.status, outcome.reply, at=now)
+            fresh = tx.get_case(case.number) or case
+            if outcome.status in ("sent", "unknown", "drafted"):
+                fresh = _record_step(fresh, decision.step_index, decision.step_name, now,
+                                     message_id, outcome.status)
+                if outcome.status == "sent":
+                    fresh = dataclasses.replace(fresh, last_contact_at=now)
+                tx.put_case(fresh)
+        self.event(now, f"reminder-{outcome.status}", case.number, step=decision.step_index,
+                   step_name=decision.step_name, to=message["To"], message_id=message_id,
+                   smtp_reply=outcome.reply, refused=outcome.refused or None,
+                   balance=case.balance, days_late=(now.date() - case.due_date).days
+                   if case.due_date else None)
+        if outcome.status == "sent":
+            mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
+        elif outcome.status == "unknown":
+            notices.append(Notice("send-unknown", "notice-send-unknown", case, {
+                "message_id": message_id, "step_name": decision.step_name,
+                "step_index": decision.step_index, "attempted_at": now,
+                "detail": outcome.reply,
+            }))
+
+    def hand_over(
+        self, case: Case, decision: Decision, now: datetime, notices: list[Notice]
+    ) -> None:
+        """A letter or a task is the owner's to carry out: mail it to them."""
+        rendered = self.render(case, decision, now)
+        message_id = compose.reminder_message_id(case, decision.step_index, self.rt.firm.domain)
+        state = CaseState.FORMAL_NOTICE if decision.channel is Channel.LETTER else case.state
+        with self.store.transaction() as tx:
+            fresh = tx.get_case(case.number) or case
+            if fresh.last_step >= decision.step_index:
+                return
+            fresh = _record_step(fresh, decision.step_index, decision.step_name, now,
+                                 message_id, "handed-over")
+            fresh = dataclasses.replace(fresh, state=state, reason=(
+                f"{decision.step_name} handed to the owner {now:%Y-%m-%d}"
+                if state is CaseState.FORMAL_NOTICE else fresh.reason))
+            tx.put_case(fresh)
+        self.event(now, "handed-over", case.number, step=decision.step_index,
+                   step_name=decision.step_name, channel=decision.channel.value)
+        template = ("notice-formal-notice" if decision.channel is Channel.LETTER
+                    else "notice-task")
+        notices.append(Notice(decision.channel.value, template, case, {
+            "letter": rendered, "step_name": decision.step_name,
+            "step_index": decision.step_index,
+        }))
+
+    def _step(self, decision: Decision) -> Any:
+        return self.rt.rules.steps[decision.step_index - 1]
+
+    def _invoice_attachments(self, mailbox: Mailbox, case: Case) -> tuple[Attachment, ...]:
+        """The invoice's own PDFs, attached again so the client has it at hand."""
+        raw = self._find_raw(mailbox, case.invoice_folder, case.invoice_uid, case.root_message_id)
+        if raw is None:
+            return ()
+        try:
+            mail = parse_message(raw)
+        except ParseFailure:
+            return ()
+        return tuple(a for a in mail.attachments
+                     if a.content_type == "application/pdf" or a.filename.lower().endswith(".pdf"))
+
+    def _previous_reminders(
+        self, mailbox: Mailbox, sent_folder: str, case: Case
+    ) -> tuple[Attachment, ...]:
+        found = []
+        for step in case.steps:
+            if step.outcome != "sent":
+                continue
+            uids = mailbox.find_message_id(sent_folder, step.message_id)
+            raw = mailbox.fetch_message(sent_folder, uids[0]) if uids else None
+            if raw is not None:
+                found.append(Attachment(f"{step.name}.eml", "message/rfc822", raw))
+        return tuple(found)
+
+    def _find_raw(self, mailbox: Mailbox, folder: str, uid: int, message_id: str) -> bytes | None:
+        if folder and uid:
+            raw = mailbox.fetch_message(folder, uid)
+            if raw is not None and message_id.encode() in raw[:64 * 1024]:
+                return raw
+        if folder:  # UIDs renumbered (UIDVALIDITY): find it again by its Message-ID
+            uids = mailbox.find_message_id(folder, message_id)
+            if uids:
+                return mailbox.fetch_message(folder, uids[0])
+        return None
+
+    # -- telling the owner ------------------------------------------------------------
+    def send_notices(self, notices: Iterable[Notice], now: datetime) -> None:
+        firm = self.rt.firm
+        for position, notice in enumerate(notices):
+            if not firm.owners:
+                continue
+            try:
+                message = self.build_notice(notice, now, position)
+            except Exception as exc:
+                log.exception("notice %s could not be written", notice.kind)
+                self.event(now, "notice-failed", notice.case.number if notice.case else None,
+                           kind=notice.kind, reason=f"{type(exc).__name__}: {exc}")
+                continue
+            if self.config.mode is Mode.DRY_RUN:
+                self.event(now, "would-notify", notice.case.number if notice.case else None,
+                           kind=notice.kind, subject=message["Subject"])
+                continue
+            outcome = smtp.send(self.config.smtp, message)
+            self.event(now, "owner-notified", notice.case.number if notice.case else None,
+                       kind=notice.kind, status=outcome.status, smtp_reply=outcome.reply)
+
+    def build_notice(self, notice: Notice, now: datetime, position: int = 0) -> EmailMessage:
+        case = notice.case
+        if case is None:
+            raise ValueError(f"notice {notice.kind} names no case")
+        notice_vars = compose.notice_vars(notice.kind, **notice.extra)
+        context = compose.template_context(case, None, self.rt.firm, now, case.steps,
+                                           notice=notice_vars)
+        rendered = self.rt.templates.render(notice.template, case.language, context)
+        message_id = compose.notice_message_id(
+            case.number, notice.kind, now + timedelta(microseconds=position), self.rt.firm.domain
+        )
+        return compose.build_owner_notice(self.rt.firm, rendered.subject, rendered.text, now,
+                                          message_id, case, kind=notice.kind)
+
+    # -- the daemon -------------------------------------------------------------------
+    def next_wake(self, now: datetime) -> datetime:
+        """The earliest planned step (or a send window opening), for the idle timer."""
+        with self.store.reading() as view:
+            cases = view.cases()
+        planned = [p.at for c in cases.values()
+                   if (p := plan_next(c, self.rt.rules, self.rt.calendar, now)) is not None]
+        future = [at for at in planned if at > now]
+        return min(future, default=now + timedelta(seconds=REIDLE_SECONDS))
+
+
+def _with_thread_id(case: Case, message_id: str) -> Case:
+    if not message_id or message_id in case.thread_ids:
+        return case
+    return dataclasses.replace(case, thread_ids=(*case.thread_ids, message_id))
+
+
+def _record_step(
+    case: Case, index: int, name: str, at: datetime, message_id: str, outcome: str
+) -> Case:
+    record = StepRecord(index=index, name=name, at=at, message_id=message_id, outcome=outcome)
+    state = case.state
+    if state is CaseState.PAUSED and case.paused_until is not None:
+        state = CaseState.CHASING  # a timed pause that ran out
+    return dataclasses.replace(
+        case, steps=(*case.steps, record), state=state,
+        paused_until=None if state is CaseState.CHASING else case.paused_until,
+        thread_ids=(*case.thread_ids, message_id) if message_id not in case.thread_ids
+        else case.thread_ids,
+    )
+
+
+def _missing(case: Case) -> list[str]:
+    missing = []
+    if case.amount is None:
+        missing.append("amount")
+    if case.due_date is None:
+        missing.append("due date")
+    return missing
+
+
+def _bounce_addresses(raw: bytes) -> frozenset[bytes]:
+    """Failed recipients of a DSN, by Mailman's bounce detectors (flufl.bounce)."""
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        return frozenset(all_failures(message))
+    except Exception:  # the detectors raise on some broken DSNs; a bounce is still a bounce
+        return frozenset()
+
+
+def _logfmt(value: Any) -> str:
+    text = "" if value is None else str(value)
+    if not text or any(c in text for c in ' "='):
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
+class Clock:
+    """The only place the daemon reads the time; `--now` replaces it with a fixed instant."""
+
+    def __init__(self, tz: Any, fixed: datetime | None = None) -> None:
+        self.tz = tz
+        self.fixed = fixed
+
+    def now(self) -> datetime:
+        return self.fixed if self.fixed is not None else datetime.now(self.tz)
+
+
+def run_once(daemon: Daemon, now: datetime) -> None:
+    """`relance run --once`: one pass at `now`, then exit."""
+    with daemon.store.lock_daemon(), Mailbox(daemon.config.imap) as mailbox:
+        daemon.run_pass(mailbox, now)
+
+
+def run_forever(
+    daemon: Daemon, clock: Clock, reload: Callable[[], Runtime | None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """`relance run`: pass, IDLE until a change or the next due step, pass again.
+
+    SIGTERM ends it between two steps; SIGHUP reloads rules and templates (a broken edit
+    is reported by `reload` and the old ones stay). A dead link reconnects with backoff.
+    """
+    flags = {"stop": False, "reload": False}
+
+    def on_term(signum: int, frame: object) -> None:
+        flags["stop"] = True
+
+    def on_hup(signum: int, frame: object) -> None:
+        flags["reload"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    backoff = 1.0
+    with daemon.store.lock_daemon():
+        log.info("event=started mode=%s", daemon.config.mode.value)
+        while not flags["stop"]:
+            try:
+                with Mailbox(daemon.config.imap) as mailbox:
+                    backoff = 1.0
+                    while not flags["stop"]:
+                        if flags["reload"]:
+                            flags["reload"] = False
+                            fresh = reload()
+                            if fresh is not None:
+                                daemon.rt = fresh
+                                log.info("event=reloaded")
+                        now = clock.now()
+                        daemon.run_pass(mailbox, now)
+                        wake = daemon.next_wake(now)
+                        seconds = min((wake - now).total_seconds(), REIDLE_SECONDS)
+                        outcome = mailbox.idle_until(
+                            time.monotonic() + max(seconds, 1.0),
+                            stop=lambda: flags["stop"] or flags["reload"],
+                        )
+                        if outcome == "dead":
+                            log.warning("event=imap-silent action=reconnect")
+                            break
+            except IMAP_ERRORS as exc:
+                log.warning("event=imap-error reason=%s retry_in=%.0fs",
+                            _logfmt(f"{type(exc).__name__}: {exc}"), backoff)
+                waited = 0.0
+                while waited < backoff and not flags["stop"]:
+                    sleep(0.5)
+                    waited += 0.5
+                backoff = min(backoff * 2, 300.0)
+        log.info("event=stopped")

@@ -1,0 +1,310 @@
+"""What each verb of the command line does; `cli.py` only parses arguments.
+
+Problems reach the user as one line each (`FILE:LINE: message` for files they edit) and
+exit status 1; never a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from relance import app, defaults
+from relance.cli import print_json
+from relance.config import Config, ConfigError, find_config, load_config
+from relance.core import commands as owner
+from relance.core.schedule import plan_next
+from relance.mailbox import smtp
+from relance.mailbox.imap import IMAP_ERRORS, Mailbox
+from relance.model import OPEN_STATES, Case, Decision
+from relance.store.journal import Journal
+from relance.store.state import AlreadyRunning, StateCorrupt, StateStore
+
+log = logging.getLogger("relance")
+
+
+def _fail(message: str) -> int:
+    print(f"relance: {message}", file=sys.stderr)
+    return 1
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    path = find_config(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _runtime(config: Config) -> app.Runtime | None:
+    runtime, problems = app.load_runtime(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return runtime
+
+
+def _now(args: argparse.Namespace, config: Config) -> datetime:
+    now: datetime | None = getattr(args, "now", None)
+    if now is None:
+        return datetime.now(config.tz)
+    return now if now.tzinfo else now.replace(tzinfo=config.tz)
+
+
+# -- init ------------------------------------------------------------------------------
+def init(args: argparse.Namespace) -> int:
+    target: Path = args.dir
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    config_path = target / "relance.toml"
+    if config_path.exists() and not args.force:
+        return _fail(f"{config_path} exists; use --force to overwrite")
+    config_path.write_text(defaults.config_text(), encoding="utf-8")
+    written.append(config_path)
+    for name in ("rules", "templates"):
+        dest = target / name
+        if dest.exists() and not args.force:
+            print(f"kept {dest} (exists)")
+            continue
+        defaults.copy_defaults(name, dest)
+        written.append(dest)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit {config_path}, then `relance check --config {config_path}`")
+    return 0
+
+
+# -- check -----------------------------------------------------------------------------
+def check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    ok = True
+    runtime = _runtime(config)
+    if runtime is None:
+        ok = False
+    else:
+        print(f"rules: {len(runtime.rules.steps)} steps "
+              f"({', '.join(s.name for s in runtime.rules.steps)})")
+        print(f"templates: {len(runtime.templates.names())} checked against a sample case")
+    try:
+        with Mailbox(config.imap) as mailbox:
+            print(f"imap: {config.imap.host}:{config.imap.port} logged in as "
+                  f"{config.imap.username}")
+            print(f"imap capabilities: {' '.join(mailbox.capabilities())}")
+            special = mailbox.special_folders()
+            for flag, name in sorted(special.items()):
+                print(f"imap folder: {name} ({flag})")
+            try:
+                print(f"imap sent folder: {mailbox.sent_folder()}")
+            except LookupError as exc:
+                ok = False
+                print(f"relance: imap: {exc}", file=sys.stderr)
+    except IMAP_ERRORS as exc:
+        ok = False
+        print(f"relance: imap {config.imap.host}:{config.imap.port}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    try:
+        extensions = smtp.probe(config.smtp)
+        print(f"smtp: {config.smtp.host}:{config.smtp.port} logged in as "
+              f"{config.smtp.username} ({extensions})")
+    except Exception as exc:  # aiosmtplib and ssl raise many kinds; all mean "not usable"
+        ok = False
+        print(f"relance: smtp {config.smtp.host}:{config.smtp.port}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    print("all is well" if ok else "problems found", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+# -- run -------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    runtime = _runtime(config)
+    if runtime is None:
+        return 1
+    store = StateStore(config.state_dir)
+    daemon = app.Daemon(runtime, store, Journal(config.state_dir))
+    try:
+        if args.once:
+            app.run_once(daemon, _now(args, config))
+        else:
+            if args.now is not None:
+                return _fail("--now goes with --once")
+            app.run_forever(daemon, app.Clock(config.tz), lambda: _runtime(config))
+    except AlreadyRunning as exc:
+        return _fail(str(exc))
+    except StateCorrupt as exc:
+        return _fail(str(exc))
+    except IMAP_ERRORS as exc:
+        return _fail(f"imap {config.imap.host}:{config.imap.port}: {type(exc).__name__}: {exc}")
+    return 0
+
+
+# -- status and show -------------------------------------------------------------------
+def case_summary(case: Case, runtime: app.Runtime, now: datetime) -> dict[str, Any]:
+    """One case as `status --json` prints it: the documented, stable shape."""
+    planned = plan_next(case, runtime.rules, runtime.calendar, now)
+    last = case.steps[-1] if case.steps else None
+    days_late = (now.astimezone(runtime.config.tz).date() - case.due_date).days \
+        if case.due_date else None
+    return {
+        "number": case.number,
+        "client": case.client_name or (case.client_addrs[0] if case.client_addrs else ""),
+        "client_addresses": list(case.client_addrs),
+        "amount": None if case.amount is None else str(case.amount),
+        "paid": str(case.paid),
+        "balance": None if case.balance is None else str(case.balance),
+        "currency": case.currency,
+        "issue_date": case.issue_date.isoformat() if case.issue_date else None,
+        "due_date": case.due_date.isoformat() if case.due_date else None,
+        "days_late": days_late,
+        "step": case.last_step,
+        "step_name": last.name if last else None,
+        "state": case.state.value,
+        "reason": case.reason or None,
+        "next_action": None if planned is None else {
+            "step": planned.step_index,
+            "name": planned.step_name,
+            "channel": planned.channel.value,
+            "at": planned.at.isoformat(),
+        },
+    }
+
+
+def _read_cases(config: Config) -> dict[str, Case]:
+    with StateStore(config.state_dir).reading() as view:
+        return view.cases()
+
+
+def status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    runtime = _runtime(config)
+    if runtime is None:
+        return 1
+    now = _now(args, config)
+    try:
+        cases = _read_cases(config)
+    except StateCorrupt as exc:
+        return _fail(str(exc))
+    shown = [c for c in cases.values() if args.all or c.state in OPEN_STATES]
+    shown.sort(key=lambda c: (c.due_date is None, c.due_date, c.number))
+    rows = [case_summary(c, runtime, now) for c in shown]
+    if args.json:
+        print_json({"now": now.isoformat(), "cases": rows})
+        return 0
+    if not rows:
+        print("no open cases")
+        return 0
+    header = ("NUMBER", "CLIENT", "DUE", "BALANCE", "LATE", "STEP", "STATE", "NEXT")
+    table = [header]
+    for r in rows:
+        nxt = r["next_action"]
+        table.append((
+            r["number"], r["client"][:28], r["due_date"] or "?",
+            f"{r['balance']} {r['currency']}" if r["balance"] is not None else "?",
+            f"{r['days_late']}d" if r["days_late"] is not None else "",
+            r["step_name"] or "-", r["state"],
+            f"{nxt['name']} {nxt['at'][:16].replace('T', ' ')}" if nxt else "-",
+        ))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    runtime = _runtime(config)
+    if runtime is None:
+        return 1
+    now = _now(args, config)
+    case = _read_cases(config).get(args.number)
+    if case is None:
+        return _fail(f"no case {args.number}; `relance status --all` lists them")
+    summary = case_summary(case, runtime, now)
+    for key, value in summary.items():
+        if key != "next_action":
+            print(f"{key}: {value}")
+    print(f"subject: {case.subject}")
+    print("\ntimeline:")
+    for entry in Journal(config.state_dir).entries(case.number):
+        details = {k: v for k, v in entry.items() if k not in ("at", "case", "event") and v}
+        print(f"  {entry['at'][:16].replace('T', ' ')}  {entry['event']}  "
+              + " ".join(f"{k}={v}" for k, v in details.items()))
+    planned = plan_next(case, runtime.rules, runtime.calendar, now)
+    if planned is None:
+        print("\nnext: nothing planned")
+        return 0
+    step = runtime.rules.steps[planned.step_index - 1]
+    decision = Decision(case.number, planned.step_index, step.name, step.channel, step.template,
+                        step.tone, planned.at)
+    daemon = app.Daemon(runtime, StateStore(config.state_dir), Journal(config.state_dir))
+    rendered = daemon.render(case, decision, planned.at)
+    print(f"\nnext: {step.name} ({step.channel.value}) at {planned.at.isoformat()}")
+    print(f"Subject: {rendered.subject}\n")
+    print(rendered.text)
+    return 0
+
+
+# -- the owner's commands ----------------------------------------------------------------
+def owner_command(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    now = _now(args, config)
+    change: Callable[[Case], Case]
+    if args.verb == "paid":
+        amount = owner.parse_amount(args.amount) if args.amount else None
+
+        def change(case: Case) -> Case:
+            return owner.paid(case, now, amount)
+    elif args.verb == "pause":
+        def change(case: Case) -> Case:
+            until = (None if args.until is None and args.duration is None
+                     else owner.pause_end(now, config.tz, args.until, args.duration))
+            return owner.pause(case, now, until, f"paused by the owner {now:%Y-%m-%d}")
+    elif args.verb == "resume":
+        change = owner.resume
+    else:
+        def change(case: Case) -> Case:
+            return owner.stop(case, now)
+    store = StateStore(config.state_dir)
+    try:
+        with store.transaction() as tx:
+            case = tx.get_case(args.number)
+            if case is None:
+                return _fail(f"no case {args.number}; `relance status --all` lists them")
+            updated = change(case)
+            tx.put_case(updated)
+    except owner.CommandRefused as exc:
+        return _fail(str(exc))
+    except StateCorrupt as exc:
+        return _fail(str(exc))
+    Journal(config.state_dir).append(
+        f"owner-{args.verb}", at=now, case=args.number, via="shell", state=updated.state.value,
+        paid=str(updated.paid), paused_until=updated.paused_until,
+    )
+    balance = updated.balance
+    print(f"{updated.number}: {updated.state.value}"
+          + (f", balance {balance} {updated.currency}" if balance is not None else "")
+          + (f", until {updated.paused_until:%Y-%m-%d}" if updated.paused_until else ""))
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------
+def demo(args: argparse.Namespace) -> int:
+    from relance import demo as demo_module
+
+    return demo_module.main(fast=args.fast)

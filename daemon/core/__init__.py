@@ -1,0 +1,1 @@
+"""The pure core: deciding, with no I/O and no clock."""

@@ -1,0 +1,712 @@
+"""Invoice facts from a parsed mail: number, kind, amount, dates, payment terms.
+
+Pure: values in, values out (no I/O, no clock). Sources by trust: a Factur-X / UBL XML in
+an attachment > the PDF's text > the mail's subject and body. The most trusted source wins
+per fact; where a less trusted one says something else, the disagreement is recorded so the
+owner can see it. Text is matched on a folded copy (accents and odd spaces made plain, one
+character for one) so that "Échéance" and "Echeance", "1 234,56" with a no-break space and
+with a plain one, read the same.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import re
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+from decimal import Decimal, InvalidOperation
+
+from relance.core.documents import Document, XmlFacts, is_pdf, read_document
+from relance.model import InvoiceFacts, Mail
+
+__all__ = [
+    "due_date_for",
+    "extract_invoices",
+    "extract_invoices_with_notes",
+    "invoice_numbers_in",
+    "looks_like_invoice",
+]
+
+MAX_BODY_CHARS = 100_000  # invoice facts sit at the top; a huge body is a newsletter
+
+# ---------------------------------------------------------------------------- folding
+
+_FOLD_PAIRS = {
+    "àáâãäå": "a", "ÀÁÂÃÄÅ": "A", "éèêë": "e", "ÉÈÊË": "E", "íìîï": "i", "ÍÌÎÏ": "I",
+    "óòôõö": "o", "ÓÒÔÕÖ": "O", "úùûü": "u", "ÚÙÛÜ": "U", "ç": "c", "Ç": "C",
+    "ÿ": "y", "ñ": "n", "Ñ": "N", "º": "°",
+    "\u00a0\u202f\u2009\u2007\u2002\u2003": " ",
+    "\u2019\u2018\u02bc\u00b4`": "'",
+    "\u2010\u2011\u2012\u2013\u2014\u2212": "-",
+}  # fmt: skip
+_FOLD = str.maketrans({ch: plain for chars, plain in _FOLD_PAIRS.items() for ch in chars})
+
+
+def _fold(text: str) -> str:
+    """One character for one, so a position in the folded text is one in the original."""
+    return text.translate(_FOLD)
+
+
+# ---------------------------------------------------------------------------- numbers
+
+_TOKEN = r"(?=[A-Z0-9._/-]*\d)[A-Z0-9](?:[A-Z0-9]|[._/-](?=[A-Z0-9])){0,39}"
+_KEYWORD = r"factures?|invoices?|avoirs?|credit[ -]?notes?|notes? de credit"
+_MARKER = r"n ?°|no\b\.?|nr\b\.?|numero\b|num\b\.?|number\b|ref(?:erence)?\b\.?|#"
+_NUMBER_RE = re.compile(
+    rf"\b(?P<kw>{_KEYWORD})\b[ \t]*\n?[ \t]*(?P<mark>{_MARKER})?[ \t]*(?P<colon>[:#])?\s*"
+    rf"(?P<num>{_TOKEN})",
+    re.IGNORECASE,
+)
+# "N° de facture : F-2026-0042", "Numéro d'avoir AV-3"
+_REVERSE_NUMBER_RE = re.compile(
+    rf"(?:{_MARKER})\s*(?:de\s+(?:la\s+|l')?|d'|of\s+(?:the\s+)?)?"
+    rf"(?P<kw>facture|avoir|invoice|credit note)\b\s*(?P<colon>:)?\s*(?P<num>{_TOKEN})",
+    re.IGNORECASE,
+)
+_LIST_MORE_RE = re.compile(
+    rf"\s*(?:,|;|&|\+|\bet\b|\band\b)\s*(?:n ?°\s*)?(?P<num>{_TOKEN})", re.IGNORECASE
+)
+_NOT_A_NUMBER_AFTER_RE = re.compile(
+    r"[ \t]*(?:%|€|\$|£|(?:jours?|days?|mois|months?|ans?|years?|euros?|eur|usd|gbp|chf"
+    r"|ttc|ht)\b)",
+    re.IGNORECASE,
+)
+_YEAR_RE = re.compile(r"(?:19|20)\d\d")
+
+
+@dataclass(frozen=True)
+class _NumberHit:
+    number: str
+    kind: str  # "invoice" | "credit_note"
+    start: int
+    end: int
+
+
+def _kind_of(keyword: str) -> str:
+    return "credit_note" if keyword.lower().startswith(("avoir", "credit", "note")) else "invoice"
+
+
+def _acceptable_token(folded: str, original: str, match: re.Match[str], marked: bool) -> bool:
+    token = match.group("num")
+    if match.group("kw").lower() == "facture" and original[match.end("kw") - 1] in "éÉ":
+        return False  # "facturé" (invoiced), not "facture"
+    if not marked and (len(token) < 3 or _YEAR_RE.fullmatch(token)):
+        return False  # "Invoice 42", "Factures 2026": too weak without "n°"
+    if _DATE_RE.fullmatch(token):
+        return False
+    if _NOT_A_NUMBER_AFTER_RE.match(folded, match.end("num")):
+        return False  # "facture à 30 jours", "facture 1200 €"
+    money = _MONEY_RE.match(folded, match.start("num"))
+    return not (money and (money.group("pre") or money.group("suf")))
+
+
+def _number_hits(original: str, folded: str, with_lists: bool = False) -> list[_NumberHit]:
+    """Invoice numbers named in a text, in order; lists ("factures F-1 et F-2") if asked."""
+    hits: list[_NumberHit] = []
+    for regex in (_NUMBER_RE, _REVERSE_NUMBER_RE):
+        for match in regex.finditer(folded):
+            marked = bool(match.group("colon")) or bool(
+                regex is _REVERSE_NUMBER_RE or match.group("mark")
+            )
+            if not _acceptable_token(folded, original, match, marked):
+                continue
+            kind = _kind_of(match.group("kw"))
+            hits.append(_NumberHit(match.group("num"), kind, match.start(), match.end()))
+            if with_lists:
+                hits.extend(_listed_numbers(folded, match.end(), kind))
+    hits.sort(key=lambda hit: hit.start)
+    return hits
+
+
+def _listed_numbers(folded: str, position: int, kind: str) -> list[_NumberHit]:
+    more: list[_NumberHit] = []
+    while (match := _LIST_MORE_RE.match(folded, position)) is not None:
+        token = match.group("num")
+        if len(token) < 3 or _NOT_A_NUMBER_AFTER_RE.match(folded, match.end()):
+            break
+        more.append(_NumberHit(token, kind, match.start("num"), match.end()))
+        position = match.end()
+    return more
+
+
+def invoice_numbers_in(text: str) -> list[str]:
+    """Invoice numbers a text mentions ("concernant la facture F-2026-0042"), in order."""
+    original = unicodedata.normalize("NFC", text[:MAX_BODY_CHARS])
+    seen: dict[str, None] = {}
+    for hit in _number_hits(original, _fold(original), with_lists=True):
+        seen.setdefault(hit.number, None)
+    return list(seen)
+
+
+def _number_key(number: str) -> str:
+    return re.sub(r"\s+", "", number).upper()
+
+
+# ---------------------------------------------------------------------------- amounts
+
+_CURRENCY_CODES = (
+    "EUR", "USD", "GBP", "CHF", "CAD", "AUD", "JPY", "SEK", "NOK", "DKK", "PLN", "CZK",
+    "XOF", "XAF", "XPF", "MAD", "TND", "DZD",
+)  # fmt: skip
+_CURRENCY = rf"(?:€|\$|£|euros?\b|(?:{'|'.join(_CURRENCY_CODES)})\b)"
+_SYMBOLS = {"€": "EUR", "$": "USD", "£": "GBP"}
+_AMOUNT = r"\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
+_MONEY_RE = re.compile(
+    rf"(?<![\w.,/'-])(?:(?P<pre>{_CURRENCY})[ \t]?)?(?P<neg>-[ \t]?)?(?P<num>{_AMOUNT})(?!\d)"
+    rf"(?:[ \t]{{0,2}}(?P<suf>{_CURRENCY}))?"
+    r"(?:[ \t]*(?P<tax>t\.?t\.?c\.?|toutes taxes comprises|incl\.? (?:vat|tax(?:es)?)"
+    r"|h\.?t\.?|hors taxes?|excl\.? (?:vat|tax(?:es)?))(?![a-z]))?",
+    re.IGNORECASE,
+)
+_PERCENT_AFTER_RE = re.compile(r"[ \t]*%")
+_LETTER_RE = re.compile(r"[a-z]", re.IGNORECASE)
+
+_DUE_RANK, _TTC_RANK, _LABEL_RANK, _UNLABELLED_RANK = 0, 1, 2, 3
+_HT_RANK, _EXCLUDED_RANK = 8, 9
+_AMOUNT_LABELS: tuple[tuple[int, str], ...] = (
+    (_DUE_RANK, r"net a payer|reste a payer|restant du|solde du|total du|montant du"
+     r"|(?:montant|somme|total) a (?:regler|payer)|total due|amount due|balance due"
+     r"|amount payable|total payable|due amount"),
+    (_TTC_RANK, r"(?:total|montant)(?: total)? (?:t\.?t\.?c\b\.?|\(ttc\))"
+     r"|total toutes taxes comprises|grand total|invoice total|total amount"
+     r"|total incl(?:\.|uding)? (?:vat|tax(?:es)?)"),
+    (_LABEL_RANK, r"(?<![-\w])(?:montant|total|amount|somme)"
+     r"(?!\s*(?:h\.?t\b|hors|excl|net h|tva|vat|\(ht\)|paye|regle|paid))"),
+    (_HT_RANK, r"(?:total|montant)(?: net)? (?:h\.?t\b\.?|\(ht\)|hors taxes?)|net h\.?t\b"
+     r"|sous-total|subtotal|total excl(?:\.|uding)? (?:vat|tax(?:es)?)"),
+    (_EXCLUDED_RANK, r"\btva\b|\bvat\b|acompte|deja (?:regle|paye|verse)|prepaid|\bpaid\b"
+     r"|\bpaye\b|\bregle\b|escompte|capital|indemnite|penalite|remise|discount|rabais"
+     r"|prix unitaire|unit price|p\.u\.|frais de recouvrement|recovery"),
+)  # fmt: skip
+_LABEL_RES = tuple((rank, re.compile(pattern, re.IGNORECASE)) for rank, pattern in _AMOUNT_LABELS)
+_NO_VAT_RE = re.compile(
+    r"tva non applicable|293 ?b|franchise en base|vat not applicable", re.IGNORECASE
+)
+_LABEL_REACH = 50  # characters between a label and its amount
+
+
+@dataclass(frozen=True)
+class _Money:
+    amount: Decimal
+    currency: str
+    rank: int
+
+
+def _parse_amount(raw: str) -> Decimal | None:
+    """'1 234,56', '1.234,56', '1,234.56', '1234.5' → Decimal; a 3-digit tail is thousands."""
+    digits = re.sub(r"[ ']", "", raw)
+    separator = max(digits.rfind("."), digits.rfind(","))
+    if separator >= 0 and len(digits) - separator - 1 in (1, 2):
+        whole, fraction = digits[:separator], digits[separator + 1 :]
+    else:
+        whole, fraction = digits, ""
+    whole = whole.replace(".", "").replace(",", "")
+    try:
+        return Decimal(f"{whole or '0'}.{fraction}" if fraction else whole)
+    except InvalidOperation:
+        return None
+
+
+def _currency_of(symbol: str | None) -> str | None:
+    if not symbol:
+        return None
+    if symbol in _SYMBOLS:
+        return _SYMBOLS[symbol]
+    return "EUR" if symbol.lower().startswith("euro") else symbol.upper()
+
+
+def _labels(folded: str) -> list[tuple[int, int, int]]:
+    """(end, start, rank) of every amount label, sorted by end."""
+    found = [
+        (match.end(), match.start(), rank)
+        for rank, regex in _LABEL_RES
+        for match in regex.finditer(folded)
+    ]
+    found.sort()
+    return found
+
+
+def _label_before(labels: list[tuple[int, int, int]], floor: int, position: int) -> int | None:
+    """Rank of the label that ends closest before `position` (the longest on a tie)."""
+    index = bisect.bisect_right(labels, (position, position + 1, _EXCLUDED_RANK + 1))
+    if index == 0:
+        return None
+    end, start, rank = labels[index - 1]
+    if end < floor or position - end > _LABEL_REACH:
+        return None
+    while index > 1 and labels[index - 2][0] == end:
+        index -= 1
+        if labels[index - 1][1] < start:
+            start, rank = labels[index - 1][1], labels[index - 1][2]
+    return rank
+
+
+def _amount_in(folded: str) -> tuple[Decimal, str] | None:
+    """The total due: labelled due > TTC > plain total > unlabelled; HT only without VAT."""
+    labels = _labels(folded)
+    no_vat = bool(_NO_VAT_RE.search(folded))
+    candidates: list[_Money] = []
+    previous_end = 0
+    for match in _MONEY_RE.finditer(folded):
+        start, end = match.start(), match.end()
+        # Look back a bounded way: a label further than _LABEL_REACH is ignored anyway, and
+        # an unbounded search per amount is quadratic on a long line.
+        reach = max(0, start - 2 * _LABEL_REACH)
+        line_start = max(folded.rfind("\n", reach, start) + 1, reach)
+        if line_start > reach and not _LETTER_RE.search(folded, line_start, start):
+            line_start = max(folded.rfind("\n", reach, line_start - 1) + 1, reach)  # line above
+        floor = max(previous_end, line_start)
+        previous_end = end
+        if _PERCENT_AFTER_RE.match(folded, match.end("num")):
+            continue
+        amount = _parse_amount(match.group("num"))
+        if amount is None:
+            continue
+        symbol = match.group("pre") or match.group("suf")
+        label_rank = _label_before(labels, floor, start)
+        tax = (match.group("tax") or "").lower()
+        if label_rank is None:
+            if not symbol:
+                continue  # a bare number with no label is a quantity, a year, a page
+            rank = _UNLABELLED_RANK
+        else:
+            if not symbol and "," not in match.group("num") and "." not in match.group("num"):
+                continue  # "Total : 3" articles
+            rank = label_rank
+        if tax.startswith(("h", "excl")) and rank != _EXCLUDED_RANK:
+            rank = _HT_RANK
+        elif tax and rank in (_LABEL_RANK, _UNLABELLED_RANK):
+            rank = _TTC_RANK
+        if rank == _HT_RANK and no_vat:
+            rank = _TTC_RANK  # "TVA non applicable, art. 293 B du CGI": HT is what is due
+        candidates.append(_Money(abs(amount), _currency_of(symbol) or "EUR", rank))
+    usable = [money for money in candidates if money.rank <= _UNLABELLED_RANK]
+    if not usable:
+        return None
+    best_rank = min(money.rank for money in usable)
+    best = max((money for money in usable if money.rank == best_rank), key=lambda m: m.amount)
+    return best.amount, best.currency
+
+
+# ---------------------------------------------------------------------------- dates
+
+_MONTHS = {
+    "janvier": 1, "janv": 1, "jan": 1, "january": 1, "fevrier": 2, "fevr": 2, "fev": 2,
+    "february": 2, "feb": 2, "mars": 3, "mar": 3, "march": 3, "avril": 4, "avr": 4,
+    "april": 4, "apr": 4, "mai": 5, "may": 5, "juin": 6, "june": 6, "jun": 6,
+    "juillet": 7, "juil": 7, "july": 7, "jul": 7, "aout": 8, "august": 8, "aug": 8,
+    "septembre": 9, "sept": 9, "sep": 9, "september": 9, "octobre": 10, "october": 10,
+    "oct": 10, "novembre": 11, "november": 11, "nov": 11, "decembre": 12, "december": 12,
+    "dec": 12,
+}  # fmt: skip
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DATE_RE = re.compile(
+    r"(?<![\d/.-])(?:"
+    r"(?P<iy>\d{4})-(?P<im>\d{1,2})-(?P<id>\d{1,2})"
+    r"|(?P<nd>\d{1,2})[/.-](?P<nm>\d{1,2})[/.-](?P<ny>\d{4}|\d{2})"
+    rf"|(?P<td>\d{{1,2}})(?:er|st|nd|rd|th)?\s+(?P<tm>{_MONTH})\b\.?,?\s+(?P<ty>\d{{4}})"
+    rf"|\b(?P<em>{_MONTH})\b\.?\s+(?P<ed>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<ey>\d{{4}})"
+    r")(?![\d/])",
+    re.IGNORECASE,
+)
+_DUE_LABEL_RE = re.compile(
+    r"\bdate d'echeance|\bdate limite de (?:paiement|reglement)|\becheance\b"
+    r"|\ba (?:regler|payer|acquitter) (?:avant le|avant|au plus tard le|le|d'ici le)"
+    r"|\bpayable (?:avant le|au plus tard le|le|jusqu'au|by|on|before)"
+    r"|\b(?:paiement|reglement) (?:avant|au plus tard) le"
+    r"|\b(?:due|payment) date|\bdate due\b|\bdue (?:by|on|before)"
+    r"|\bpayment due(?: by| on| before)?|\bpay by|\bto be paid (?:by|before|on)",
+    re.IGNORECASE,
+)
+_ISSUE_LABEL_RE = re.compile(
+    r"\bdate de (?:la )?facture|\bdate de facturation|\bdate d'(?:emission|edition)"
+    r"|\bemise? le|\betablie? le|\bfacturee? le|\ben date du"
+    r"|\binvoice date|\bdate of (?:issue|invoice)|\bissue date|\bissued(?: on)?|\bdated?\s*:",
+    re.IGNORECASE,
+)
+_NUMBER_DATED_RE = re.compile(r"[ \t]+(?:du|dated|of)[ \t]+", re.IGNORECASE)
+_DATE_REACH = 40
+
+
+def _date_of(match: re.Match[str]) -> date | None:
+    groups = match.groupdict()
+    try:
+        if groups["iy"]:
+            return date(int(groups["iy"]), int(groups["im"]), int(groups["id"]))
+        if groups["nd"]:
+            year = int(groups["ny"]) + (2000 if len(groups["ny"]) == 2 else 0)
+            day, month = int(groups["nd"]), int(groups["nm"])
+            if month > 12 >= day:
+                day, month = month, day  # 12/15/2026 written the US way
+            return date(year, month, day)
+        if groups["td"]:
+            return date(int(groups["ty"]), _MONTHS[groups["tm"].lower()], int(groups["td"]))
+        return date(int(groups["ey"]), _MONTHS[groups["em"].lower()], int(groups["ed"]))
+    except ValueError:
+        return None
+
+
+def _date_after(folded: str, position: int) -> date | None:
+    """The date right after a label: a short gap with no digits and at most one line break."""
+    window = folded[position : position + _DATE_REACH + 30]
+    match = _DATE_RE.search(window)
+    if match is None:
+        return None
+    gap = window[: match.start()]
+    if len(gap) > _DATE_REACH or re.search(r"\d", gap) or gap.count("\n") > 1:
+        return None
+    return _date_of(match)
+
+
+def _labelled_date(folded: str, label_re: re.Pattern[str], skip: list[range]) -> date | None:
+    for match in label_re.finditer(folded):
+        if any(match.start() in span for span in skip):
+            continue
+        found = _date_after(folded, match.end())
+        if found is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------- terms
+
+_TERMS_RE = re.compile(
+    r"(?P<receipt>(?:paiement|payable|reglement|a regler)\s+(?:a|des)\s+reception"
+    r"|a reception de (?:la )?facture|(?:due|payable)\s+(?:on|upon)\s+receipt|upon receipt)"
+    r"|(?P<lead>\b(?:conditions de (?:paiement|reglement)|delai de (?:paiement|reglement)"
+    r"|(?:payment )?terms?|paiement|reglement|payable|within|net|a)\b\s*:?\s*(?:a\s+|net\s+)?)?"
+    r"(?P<days>\d{1,3})\s*(?:jours?|j\b|days?)\b"
+    r"(?P<tail>(?:\s+nets?\b)?"
+    r"(?:\s+(?:le\s+)?(?P<eom>fin de mois|fdm|end of (?:the )?month|eom)\b)?"
+    r"(?:\s+(?:date de facture|date d'emission|net|from invoice date|after invoice date)\b)?)",
+    re.IGNORECASE,
+)
+_NET_TERMS_RE = re.compile(r"\bnet\s*(?P<days>\d{1,3})\b(?![.,]?\d)(?!\s*(?:€|eur|%|\d))", re.I)
+
+
+def _terms_in(folded: str) -> tuple[int, bool] | None:
+    """Payment terms: (days, end of month), the first stated; "à réception" is 0 days."""
+    found: list[tuple[int, int, bool]] = []
+    for match in _TERMS_RE.finditer(folded):
+        if match.group("receipt"):
+            found.append((match.start(), 0, False))
+        elif match.group("lead") or match.group("tail"):
+            found.append((match.start(), int(match.group("days")), bool(match.group("eom"))))
+    for match in _NET_TERMS_RE.finditer(folded):
+        found.append((match.start(), int(match.group("days")), False))
+    if not found:
+        return None
+    _, days, end_of_month = min(found)
+    return days, end_of_month
+
+
+# ---------------------------------------------------------------------------- one source
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What one source says about one invoice; None where it says nothing."""
+
+    source: str  # "factur-x" | "pdf" | "mail"
+    number: str | None = None
+    kind: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    issue_date: date | None = None
+    due_date: date | None = None
+    terms: tuple[int, bool] | None = None
+    client_name: str | None = None
+
+    @property
+    def says_something(self) -> bool:
+        return any(
+            value is not None
+            for value in (self.number, self.amount, self.issue_date, self.due_date, self.terms)
+        )
+
+
+_TRUST = ("factur-x", "pdf", "mail")
+
+
+def _found_in_text(text: str, source: str, number_text: str | None = None) -> _Found:
+    """Facts from free text; the number is looked for in `number_text` first (a subject)."""
+    original = unicodedata.normalize("NFC", text[:MAX_BODY_CHARS])
+    folded = _fold(original)
+    hit: _NumberHit | None = None
+    if number_text:
+        subject = unicodedata.normalize("NFC", number_text)
+        subject_hits = _number_hits(subject, _fold(subject))
+        hit = subject_hits[0] if subject_hits else None
+    body_hits = _number_hits(original, folded)
+    if hit is None and body_hits:
+        hit = body_hits[0]
+    money = _amount_in(folded)
+    due_spans = [range(m.start(), m.end()) for m in _DUE_LABEL_RE.finditer(folded)]
+    issue_date = _labelled_date(folded, _ISSUE_LABEL_RE, due_spans)
+    if issue_date is None:
+        issue_date = _issue_date_after_number(folded, body_hits)
+    return _Found(
+        source=source,
+        number=hit.number if hit else None,
+        kind=hit.kind if hit else None,
+        amount=money[0] if money else None,
+        currency=money[1] if money else None,
+        issue_date=issue_date,
+        due_date=_labelled_date(folded, _DUE_LABEL_RE, []),
+        terms=_terms_in(folded),
+    )
+
+
+def _issue_date_after_number(folded: str, hits: list[_NumberHit]) -> date | None:
+    """'Facture n° F-12 du 15/11/2026': the date right after the number is the issue date."""
+    for hit in hits:
+        joint = _NUMBER_DATED_RE.match(folded, hit.end)
+        if joint is not None:
+            match = _DATE_RE.match(folded, joint.end())
+            if match is not None:
+                return _date_of(match)
+    return None
+
+
+def _found_in_xml(xml: XmlFacts) -> _Found:
+    terms = _terms_in(_fold(xml.terms_text)) if xml.terms_text else None
+    return _Found(
+        source="factur-x",
+        number=xml.number,
+        kind=xml.kind,
+        amount=xml.amount,
+        currency=xml.currency if xml.amount is not None else None,
+        issue_date=xml.issue_date,
+        due_date=xml.due_date,
+        terms=terms,
+        client_name=xml.client_name,
+    )
+
+
+_FILENAME_SEPARATORS_RE = re.compile(r"[_+]")
+
+
+def _found_in_document(document: Document) -> list[_Found]:
+    """The document's own sources, most trusted first; the filename may give the number."""
+    found: list[_Found] = []
+    if document.xml is not None:
+        found.append(_found_in_xml(document.xml))
+    if document.text.strip():
+        text_found = _found_in_text(document.text, "pdf")
+        if text_found.number is None and document.xml is None:
+            stem = _FILENAME_SEPARATORS_RE.sub(" ", document.filename.rsplit(".", 1)[0])
+            hits = _number_hits(stem, _fold(stem))
+            if hits and _KEYWORD_RE.search(_fold(document.text)):
+                text_found = replace(text_found, number=hits[0].number, kind=hits[0].kind)
+        found.append(text_found)
+    return found
+
+
+# ---------------------------------------------------------------------------- merging
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, tuple):
+        days, end_of_month = value
+        return f"{days} days" + (" end of month" if end_of_month else "")
+    return str(value)
+
+
+def _merge(sources: list[_Found], fallback_issue_date: date | None) -> InvoiceFacts:
+    """Most trusted source wins per fact; the other sources' differing values are recorded."""
+    ordered = sorted(
+        (found for found in sources if found.says_something),
+        key=lambda found: _TRUST.index(found.source),
+    )
+    disagreements: list[str] = []
+
+    def pick(field: str) -> _Found | None:
+        holders = [found for found in ordered if getattr(found, field) is not None]
+        if not holders:
+            return None
+        winner = holders[0]
+        won = getattr(winner, field)
+        for other in holders[1:]:
+            value = getattr(other, field)
+            equal = _number_key(value) == _number_key(won) if field == "number" else value == won
+            if not equal:
+                note = f"{field}: {winner.source} {_fmt(won)} != {other.source} {_fmt(value)}"
+                if note not in disagreements:
+                    disagreements.append(note)
+        return winner
+
+    number_source = pick("number")
+    amount_source = pick("amount")
+    pick("currency")
+    issue_source = pick("issue_date")
+    due_source = pick("due_date")
+    terms_source = pick("terms")
+    client_source = pick("client_name")
+    kinds = [found for found in ordered if found.number is not None and found.kind]
+    if kinds and any(found.kind != kinds[0].kind for found in kinds[1:]):
+        disagreements.append(
+            f"kind: {kinds[0].source} {kinds[0].kind} != "
+            + ", ".join(f"{f.source} {f.kind}" for f in kinds[1:] if f.kind != kinds[0].kind)
+        )
+
+    issue_date = issue_source.issue_date if issue_source else fallback_issue_date
+    due_date = due_source.due_date if due_source else None
+    terms = terms_source.terms if terms_source else None
+    amount = amount_source.amount if amount_source else None
+    missing = []
+    if amount is None:
+        missing.append("amount")
+    if due_date is None and terms is None:
+        missing.append("due_date")
+    if issue_date is None:
+        missing.append("issue_date")
+    return InvoiceFacts(
+        number=(number_source.number or "") if number_source else "",
+        kind=(kinds[0].kind or "invoice") if kinds else "invoice",
+        amount=amount,
+        currency=(amount_source.currency if amount_source else None) or "EUR",
+        issue_date=issue_date,
+        due_date=due_date,
+        terms_days=terms[0] if terms else None,
+        terms_end_of_month=terms[1] if terms else False,
+        client_name=client_source.client_name if client_source else None,
+        source=ordered[0].source if ordered else "mail",
+        missing=tuple(missing),
+        disagreements=tuple(disagreements),
+    )
+
+
+# ---------------------------------------------------------------------------- the mail
+
+_OWN_HEADERS = ("x-relance-step", "x-relance-notice")
+_REPLY_PREFIX_RE = re.compile(r"^\s*(?:re|fwd?|tr|aw|wg|sv)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
+_REMINDER_RE = re.compile(
+    r"\b(?:relance|rappel|reminder|mise en demeure|impayee?s?|unpaid|overdue|past due"
+    r"|retard de paiement)\b",
+    re.IGNORECASE,
+)
+_NOT_INVOICE_RE = re.compile(
+    r"\b(?:devis|quote|quotation|estimate|pro ?-?forma|confirmation de (?:votre )?commande"
+    r"|order confirmation|bon de commande|purchase order|bon de livraison|delivery note"
+    r"|newsletter)\b",
+    re.IGNORECASE,
+)
+_KEYWORD_RE = re.compile(r"factur|invoice|avoir|credit ?note|rechnung", re.IGNORECASE)
+
+
+def _is_bulk(mail: Mail) -> bool:
+    headers = mail.headers
+    return (
+        "list-unsubscribe" in headers
+        or "list-id" in headers
+        or headers.get("precedence", "").strip().lower() in ("bulk", "list", "junk")
+    )
+
+
+def _subject_refuses(subject: str) -> bool:
+    """A reminder, a quote, an order: whatever the attachments, not a new invoice."""
+    original = unicodedata.normalize("NFC", subject)
+    folded = _fold(original)
+    if _REMINDER_RE.search(folded):
+        return True
+    refusal = _NOT_INVOICE_RE.search(folded)
+    if refusal is None:
+        return False
+    hits = _number_hits(original, folded)
+    return not hits or refusal.start() < hits[0].start
+
+
+def extract_invoices(mail: Mail) -> list[InvoiceFacts]:
+    """The invoices and credit notes a mail sends; [] when it sends none."""
+    return extract_invoices_with_notes(mail)[0]
+
+
+def extract_invoices_with_notes(mail: Mail) -> tuple[list[InvoiceFacts], tuple[str, ...]]:
+    """Like `extract_invoices`, plus notes on attachments that could not be read (an
+    encrypted or corrupt PDF), for the owner's report: never a reason to fail."""
+    if any(header in mail.headers for header in _OWN_HEADERS):
+        return [], ()  # the daemon's own reminders and notices
+    if _subject_refuses(mail.subject):
+        return [], ()
+    notes: list[str] = []
+    groups: dict[str, list[_Found]] = {}
+    anonymous: list[list[_Found]] = []  # invoice-like documents whose number was not found
+    for attachment in mail.attachments:
+        document = read_document(attachment)
+        if document is None:
+            continue
+        notes.extend(document.notes)
+        found = _found_in_document(document)
+        number = next((f.number for f in found if f.number), None)
+        if number is not None:
+            groups.setdefault(_number_key(number), []).extend(found)
+        elif any(f.amount is not None for f in found) and _KEYWORD_RE.search(
+            _fold(document.text)
+        ):
+            anonymous.append(found)  # an invoice by its words and its total, not a T&C
+
+    from_mail = _found_in_text(f"{mail.subject}\n{mail.text}", "mail", mail.subject)
+    fallback_issue_date = mail.date.date() if mail.date else None
+    if groups:
+        mail_key = _number_key(from_mail.number) if from_mail.number else None
+        if mail_key in groups:
+            groups[mail_key].append(from_mail)
+        elif len(groups) == 1:
+            next(iter(groups.values())).append(from_mail)
+        return [_merge(found, fallback_issue_date) for found in groups.values()], tuple(notes)
+
+    if _REPLY_PREFIX_RE.match(mail.subject):
+        return [], tuple(notes)  # a reply or forward about an invoice it does not attach
+    if from_mail.number is None:
+        has_pdf = any(is_pdf(attachment) for attachment in mail.attachments)
+        if anonymous or (has_pdf and _KEYWORD_RE.search(_fold(mail.subject))):
+            notes.append("looks like an invoice, but no invoice number was found")
+        return [], tuple(notes)
+    subject = unicodedata.normalize("NFC", mail.subject)
+    if _is_bulk(mail) and not _number_hits(subject, _fold(subject)):
+        return [], tuple(notes)  # a newsletter that happens to name an invoice
+    sources = [from_mail]
+    if len(anonymous) == 1:
+        sources = [*anonymous[0], from_mail]
+    return [_merge(sources, fallback_issue_date)], tuple(notes)
+
+
+# ---------------------------------------------------------------------------- prefilter
+
+_PREFILTER_RE = re.compile(
+    r"factur|invoice|avoir|credit\s*-?\s*note|rechnung|fattura|factura", re.IGNORECASE
+)
+
+
+def looks_like_invoice(subject: str, content_type: str) -> bool:
+    """Header-only and generous: it only decides whether a body is worth fetching."""
+    kind = content_type.strip().lower()
+    if kind.startswith(("multipart/mixed", "application/pdf")):
+        return True
+    return bool(_PREFILTER_RE.search(_fold(unicodedata.normalize("NFC", subject))))
+
+
+# ---------------------------------------------------------------------------- due date
+
+
+def due_date_for(
+    facts: InvoiceFacts, default_terms_days: int, default_end_of_month: bool = False
+) -> date | None:
+    """The stated due date, else issue date + terms (the invoice's own, else the default);
+    "fin de mois" means the last day of the month that lands in (Code de commerce L441-10)."""
+    if facts.due_date is not None:
+        return facts.due_date
+    if facts.issue_date is None:
+        return None
+    if facts.terms_days is not None:
+        days, end_of_month = facts.terms_days, facts.terms_end_of_month
+    else:
+        days, end_of_month = default_terms_days, default_end_of_month
+    due = facts.issue_date + timedelta(days=days)
+    if end_of_month:
+        due = due.replace(day=calendar.monthrange(due.year, due.month)[1])
+    return due

@@ -1,0 +1,246 @@
+"""When each calendar step of a case is due: business days, the send window, the gap.
+
+Pure: no I/O and no clock. `now` is always a parameter, so the daemon, `--now`, the demo
+and the tests all decide the same way. The only outside knowledge is the table of public
+holidays from the `holidays` package, computed in memory and cached per year.
+
+The chase calendar (PRODUCT.md, "Chase on a calendar"): each step lands on a business day
+(an allowed weekday that is not a public holiday), inside the send window, never within the
+minimum gap of the firm's last mail to the client, in the order the rules list the steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import holidays
+
+from relance.model import Case, CaseState, Decision, PlannedStep
+from relance.rules.model import ClientProfile, Offset, Rules, Step
+
+# A year holds at least one business day unless the window allows no weekday at all; the
+# bound turns that misconfiguration into an error instead of an endless loop.
+_MAX_SEARCH_DAYS = 366 * 2
+
+
+@dataclass(frozen=True)
+class BusinessCalendar:
+    """Business days and the send window of one firm, built once per set of rules.
+
+    Frozen so it can be shared; the per-year holiday cache is the only thing that grows,
+    and it only memoises what the `holidays` package would compute again.
+    """
+
+    tz: ZoneInfo
+    weekdays: frozenset[int]  # date.weekday() numbers, Monday is 0
+    start: time  # send window start, wall-clock time in tz
+    end: time  # send window end (exclusive), wall-clock time in tz
+    country: str = "FR"
+    subdivision: str | None = None
+    _holidays: dict[int, frozenset[date]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @classmethod
+    def from_rules(cls, rules: Rules, tz: ZoneInfo) -> BusinessCalendar:
+        """Build the calendar the rules describe; an unknown country or region is a
+        ValueError here, once, rather than a crash at the first holiday lookup."""
+        country, subdiv = rules.holidays.country, rules.holidays.subdivision
+        try:
+            holidays.country_holidays(country, subdiv=subdiv)
+        except NotImplementedError as exc:
+            raise ValueError(f"holidays: {exc}") from exc
+        return cls(
+            tz=tz,
+            weekdays=rules.send_window.weekdays,
+            start=rules.send_window.start,
+            end=rules.send_window.end,
+            country=country,
+            subdivision=subdiv,
+        )
+
+    def public_holidays(self, year: int) -> frozenset[date]:
+        """The public holidays of one year, computed once."""
+        days = self._holidays.get(year)
+        if days is None:
+            table = holidays.country_holidays(self.country, subdiv=self.subdivision, years=year)
+            days = frozenset(table.keys())
+            self._holidays[year] = days
+        return days
+
+    def is_business_day(self, d: date) -> bool:
+        """An allowed weekday of the send window that is not a public holiday."""
+        return d.weekday() in self.weekdays and d not in self.public_holidays(d.year)
+
+    def add(self, d: date, offset: Offset) -> date:
+        """`d` moved by `offset`: calendar days, or business days when `offset.business`.
+
+        Counting business days skips weekends and holidays on the way; `+0bd` is `d`
+        itself (rolling onto a business day is next_window_start's job).
+        """
+        if not offset.business:
+            return d + timedelta(days=offset.days)
+        step = timedelta(days=1 if offset.days >= 0 else -1)
+        left = abs(offset.days)
+        while left:
+            d += step
+            if self.is_business_day(d):
+                left -= 1
+        return d
+
+    def first_business_day(self, d: date) -> date:
+        """`d` if it is a business day, else the next one."""
+        for _ in range(_MAX_SEARCH_DAYS):
+            if self.is_business_day(d):
+                return d
+            d += timedelta(days=1)
+        raise ValueError(f"no business day within {_MAX_SEARCH_DAYS} days of {d}")
+
+    def next_window_start(self, d: date) -> datetime:
+        """When the send window opens on the first business day on or after `d`, in tz.
+
+        The wall-clock start holds across DST changes (08:30 is 08:30 in summer and in
+        winter); a start that falls in a spring-forward gap is moved to a real instant.
+        """
+        day = self.first_business_day(d)
+        at = datetime.combine(day, self.start, tzinfo=self.tz)
+        return at.astimezone(UTC).astimezone(self.tz)
+
+    def in_window(self, at: datetime) -> bool:
+        """Whether `at` (aware, any tz) falls inside the send window of a business day
+        in the firm's tz; start inclusive, end exclusive."""
+        local = _aware(at, "at").astimezone(self.tz)
+        if not self.is_business_day(local.date()):
+            return False
+        wall = local.time()
+        return self.start <= wall < self.end
+
+
+def plan_next(
+    case: Case, rules: Rules, cal: BusinessCalendar, now: datetime
+) -> PlannedStep | None:
+    """The next calendar step of `case` and the instant it becomes due, or None.
+
+    None when the case is not being chased at `now` (only CHASING, or PAUSED with a
+    `paused_until` that has passed), lacks a due date or an amount (never chased blank),
+    belongs to a never-chase client, or has run through every step.
+    Steps go strictly forward from `case.last_step`; a pre-due step (negative offset) is
+    skipped once it can no longer go out before the due date. The day is the due date
+    plus the step's offset, pushed to at least `min_gap` after the firm's last mail or
+    step and to the end of a pause; the instant is that day's window start (the first
+    business day on or after it).
+    """
+    found = _next_step(case, rules, cal, now)
+    if found is None:
+        return None
+    index, step, at = found
+    return PlannedStep(step_index=index, step_name=step.name, channel=step.channel, at=at)
+
+
+def due_decisions(
+    cases: Iterable[Case], rules: Rules, cal: BusinessCalendar, now: datetime
+) -> list[Decision]:
+    """The steps to carry out at `now`, one at most per case, in the order of `cases`.
+
+    A step is due when its planned instant has come and `now` is inside the send window:
+    a run at 14:00 sends nothing, the next morning's window does. Only the next step of a
+    case is ever due, so an invoice found long overdue gets its first reminder, and the
+    following one waits the minimum gap after it. The tone is the client profile's when
+    it sets one, else the step's.
+    """
+    if not cal.in_window(now):
+        return []
+    decisions: list[Decision] = []
+    for case in cases:
+        found = _next_step(case, rules, cal, now)
+        if found is None:
+            continue
+        index, step, at = found
+        if at > now:
+            continue
+        profile = rules.profile_for(case.client_addrs)
+        decisions.append(
+            Decision(
+                number=case.number,
+                step_index=index,
+                step_name=step.name,
+                channel=step.channel,
+                template=step.template,
+                tone=_tone(step, profile),
+                planned_at=at,
+            )
+        )
+    return decisions
+
+
+def _next_step(
+    case: Case, rules: Rules, cal: BusinessCalendar, now: datetime
+) -> tuple[int, Step, datetime] | None:
+    """(1-based index, step, planned instant) of the next step, shared by plan_next and
+    due_decisions so that what `status` shows is exactly what gets sent."""
+    now = _aware(now, "now")
+    if not _chased_at(case, now):
+        return None
+    if case.due_date is None or case.amount is None:
+        return None
+    profile = rules.profile_for(case.client_addrs)
+    if profile is not None and profile.never_chase:
+        return None
+
+    today = now.astimezone(cal.tz).date()
+    not_before = _not_before(case, rules, cal)
+    for index in range(case.last_step + 1, len(rules.steps) + 1):
+        step = rules.steps[index - 1]
+        day = cal.add(case.due_date, step.offset)
+        if not_before is not None:
+            day = max(day, not_before)
+        at = cal.next_window_start(day)
+        if step.offset.days < 0 and (today > case.due_date or at.date() > case.due_date):
+            # A courtesy notice ("due in 5 days") makes no sense once the due date is
+            # past, nor if the gap or holidays would push it past the due date.
+            continue
+        return index, step, at
+    return None
+
+
+def _chased_at(case: Case, now: datetime) -> bool:
+    """CHASING cases, and PAUSED ones whose pause has an end that has come."""
+    if case.state == CaseState.CHASING:
+        return True
+    return (
+        case.state == CaseState.PAUSED
+        and case.paused_until is not None
+        and _aware(case.paused_until, "paused_until") <= now
+    )
+
+
+def _not_before(case: Case, rules: Rules, cal: BusinessCalendar) -> date | None:
+    """The first day any next step may land on: min_gap after the firm's last mail to
+    the client (hand-written or a step) and not before the end of a pause."""
+    bounds: list[date] = []
+    contacts = [s.at for s in case.steps]
+    if case.last_contact_at is not None:
+        contacts.append(case.last_contact_at)
+    if contacts:
+        last = max(_aware(c, "contact").astimezone(cal.tz) for c in contacts)
+        bounds.append(cal.add(last.date(), rules.min_gap))
+    if case.state == CaseState.PAUSED and case.paused_until is not None:
+        bounds.append(_aware(case.paused_until, "paused_until").astimezone(cal.tz).date())
+    return max(bounds, default=None)
+
+
+def _tone(step: Step, profile: ClientProfile | None) -> str:
+    """A client's tone (warmer for a regular, formal for a new one) wins over the step's."""
+    if profile is not None and profile.tone:
+        return profile.tone
+    return step.tone
+
+
+def _aware(at: datetime, what: str) -> datetime:
+    """Refuse naive datetimes: their meaning would depend on the machine's time zone."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {at.isoformat()}")
+    return at

@@ -1,0 +1,1 @@
+"""Adapters that talk to the mail servers: IMAP and SMTP."""

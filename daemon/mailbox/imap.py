@@ -1,0 +1,231 @@
+"""The IMAP adapter: the only module that speaks imapclient.
+
+Sync is incremental: per folder, the daemon remembers UIDVALIDITY and the last UID it
+has seen, so a restart asks only for what is new. Fetches name explicit UIDs in batches
+(imapclient 4 refuses `1:*`, Dovecot refuses very long UID lists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import imapclient
+from imapclient.exceptions import IMAPClientError
+
+from relance.config import ServerConfig
+from relance.mailbox.parse import HEADER_FIELDS
+
+FETCH_BATCH = 1000  # UIDs per FETCH: well under Dovecot's command length limit
+HEADER_ITEM = b"BODY.PEEK[HEADER.FIELDS (" + " ".join(HEADER_FIELDS).encode() + b")]"
+SPECIAL_USES = (b"\\Sent", b"\\Drafts", b"\\Archive", b"\\Trash", b"\\Junk")
+_APPENDUID = re.compile(rb"APPENDUID\s+(\d+)\s+(\d+)", re.IGNORECASE)
+
+# What a dead link or a refusing server looks like from here: the daemon reconnects.
+IMAP_ERRORS = (IMAPClientError, OSError, socket.timeout, ssl.SSLError)
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What SELECT says about a folder; enough to know whether anything is new."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int | None
+    exists: int
+
+
+@dataclass(frozen=True)
+class FetchedHeaders:
+    uid: int
+    header_bytes: bytes
+    size: int
+
+
+class Mailbox:
+    """One logged-in IMAP connection to the firm's mailbox."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server
+        self.client: imapclient.IMAPClient | None = None
+        self._special: dict[bytes, str] | None = None
+
+    # -- connection -------------------------------------------------------------------
+    def connect(self) -> Mailbox:
+        context = ssl.create_default_context()
+        client = imapclient.IMAPClient(
+            self.server.host,
+            port=self.server.port,
+            ssl=self.server.security == "tls",
+            ssl_context=context if self.server.security == "tls" else None,
+            timeout=self.server.timeout,
+        )
+        if self.server.security == "starttls":
+            client.starttls(context)
+        client.login(self.server.username, self.server.secret())
+        self.client = client
+        return self
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.logout()
+        except IMAP_ERRORS:
+            with contextlib.suppress(IMAP_ERRORS):
+                self.client.shutdown()
+        self.client = None
+
+    def __enter__(self) -> Mailbox:
+        return self.connect() if self.client is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def imap(self) -> imapclient.IMAPClient:
+        if self.client is None:
+            raise RuntimeError("mailbox is not connected")
+        return self.client
+
+    def capabilities(self) -> list[str]:
+        return sorted(c.decode() for c in self.imap.capabilities())
+
+    # -- folders ----------------------------------------------------------------------
+    def special_folders(self) -> dict[str, str]:
+        """SPECIAL-USE flag → folder name (`\\Sent` → "Éléments envoyés"), whatever the locale."""
+        if self._special is None:
+            found: dict[bytes, str] = {}
+            for flags, _delim, name in self.imap.list_folders():
+                for flag in flags:
+                    if flag in SPECIAL_USES and flag not in found:
+                        found[flag] = name
+            self._special = found
+        return {k.decode(): v for k, v in self._special.items()}
+
+    def sent_folder(self) -> str:
+        """The Sent folder by SPECIAL-USE, else by its usual English names."""
+        special = self.special_folders()
+        if "\\Sent" in special:
+            return special["\\Sent"]
+        names = {name.lower(): name for _f, _d, name in self.imap.list_folders()}
+        for guess in ("sent", "sent items", "sent messages", "inbox.sent", "envoyés"):
+            if guess in names:
+                return names[guess]
+        raise LookupError("no Sent folder: the server lists none with \\Sent")
+
+    def drafts_folder(self) -> str:
+        special = self.special_folders()
+        return special.get("\\Drafts", "Drafts")
+
+    def ensure_folder(self, name: str) -> None:
+        if not self.imap.folder_exists(name):
+            self.imap.create_folder(name)
+            self.imap.subscribe_folder(name)
+
+    def folder_state(self, folder: str) -> FolderState:
+        info = self.imap.select_folder(folder, readonly=True)
+        modseq = info.get(b"HIGHESTMODSEQ")
+        return FolderState(
+            name=folder,
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info.get(b"UIDNEXT", 0)),
+            highestmodseq=int(modseq) if modseq is not None else None,
+            exists=int(info.get(b"EXISTS", 0)),
+        )
+
+    # -- reading ----------------------------------------------------------------------
+    def uids_after(self, last_uid: int) -> list[int]:
+        """UIDs above `last_uid` in the selected folder (RFC 3501: `n:*` always matches
+        the highest UID, so filter it)."""
+        found = self.imap.search(["UID", f"{last_uid + 1}:*"])
+        return sorted(uid for uid in found if uid > last_uid)
+
+    def fetch_headers(self, uids: Sequence[int]) -> Iterator[FetchedHeaders]:
+        """The header fields relance reads, for explicit UIDs, in bounded batches."""
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = list(uids[start : start + FETCH_BATCH])
+            response = self.imap.fetch(batch, [HEADER_ITEM, b"RFC822.SIZE"])
+            for uid in batch:
+                data = response.get(uid)
+                if not data:
+                    continue  # expunged between SEARCH and FETCH
+                header = next(
+                    (v for k, v in data.items() if k.startswith(b"BODY[HEADER")), b""
+                )
+                yield FetchedHeaders(uid, header or b"", int(data.get(b"RFC822.SIZE", 0)))
+
+    def fetch_message(self, folder: str, uid: int) -> bytes | None:
+        """The whole raw message, byte for byte as the server holds it."""
+        self.imap.select_folder(folder, readonly=True)
+        response = self.imap.fetch([uid], [b"BODY.PEEK[]"])
+        data = response.get(uid)
+        if not data:
+            return None
+        return data.get(b"BODY[]")
+
+    def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs of messages in `folder` whose Message-ID header is `message_id`."""
+        self.imap.select_folder(folder, readonly=True)
+        return list(self.imap.search(["HEADER", "Message-ID", message_id]))
+
+    # -- writing ----------------------------------------------------------------------
+    def append(
+        self,
+        folder: str,
+        raw: bytes,
+        flags: Sequence[bytes] = (b"\\Seen",),
+        when: datetime | None = None,
+    ) -> int | None:
+        """Store a message in `folder`; the new UID when the server says (UIDPLUS)."""
+        reply = self.imap.append(folder, raw, flags=tuple(flags), msg_time=when)
+        m = _APPENDUID.search(reply if isinstance(reply, bytes) else str(reply).encode())
+        return int(m[2]) if m else None
+
+    # -- waiting ----------------------------------------------------------------------
+    def idle_until(self, deadline: float, stop: object | None = None, tick: float = 1.0) -> str:
+        """IDLE on INBOX until something changes, `deadline` (monotonic) passes, or
+        `stop()` turns true. Returns "change", "deadline", "stop" or "dead".
+
+        A link that gives no sign of life (Dovecot's `* OK Still here` heartbeat or any
+        untagged response) for `dead_after` seconds is reported "dead" so the caller
+        reconnects instead of waiting forever.
+        """
+        dead_after = max(self.server.timeout * 4, 300.0)
+        self.imap.select_folder("INBOX", readonly=True)
+        self.imap.idle()
+        last_sign = time.monotonic()
+        outcome = "deadline"
+        try:
+            while True:
+                if stop is not None and callable(stop) and stop():
+                    outcome = "stop"
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                responses = self.imap.idle_check(timeout=min(tick, deadline - now))
+                if responses:
+                    last_sign = time.monotonic()
+                    if any(_is_change(r) for r in responses):
+                        outcome = "change"
+                        break
+                elif time.monotonic() - last_sign > dead_after:
+                    return "dead"
+        finally:
+            self.imap.idle_done()
+        return outcome
+
+
+def _is_change(response: object) -> bool:
+    """EXISTS / EXPUNGE / FETCH mean the folder changed; `OK Still here` does not."""
+    if isinstance(response, tuple) and len(response) >= 2:
+        return response[1] in (b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT")
+    return False

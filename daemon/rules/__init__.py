@@ -1,0 +1,1 @@
+"""The rule files a firm edits: their models and their loader."""

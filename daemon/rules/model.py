@@ -1,0 +1,173 @@
+"""The shape of the rule files, as validated values the core decides with.
+
+The loader (`relance.rules.load`) reads `rules/*.yaml` into these models and turns every
+validation error into `FILE:LINE:COL: message`. The core only ever sees valid `Rules`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from relance.model import Channel
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAY_NAMES = {
+    d: n
+    for d, n in zip(
+        _WEEKDAYS,
+        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+        strict=True,
+    )
+}
+_OFFSET = re.compile(
+    r"^\s*(?P<sign>[+-])?\s*(?P<n>\d+)\s*"
+    r"(?P<unit>d|days?|w|weeks?|bd|business days?|jours? ouvrés?|j)\s*$",
+    re.IGNORECASE,
+)
+
+
+class Offset(BaseModel):
+    """A distance from the due date: calendar days, or business days."""
+
+    model_config = ConfigDict(frozen=True)
+
+    days: int
+    business: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Offset:
+        """Read `+5d`, `-5d`, `+2w`, `+3bd`, `+3 business days`; raise ValueError else."""
+        m = _OFFSET.match(str(text))
+        if not m:
+            raise ValueError(
+                f'offset "{text}" needs a unit: +5d, -5d, +2w, +3 business days'
+            )
+        n = int(m["n"]) * (-1 if m["sign"] == "-" else 1)
+        unit = m["unit"].lower()
+        if unit.startswith("w"):
+            return cls(days=7 * n)
+        business = unit.startswith(("bd", "business", "jour"))
+        return cls(days=n, business=business)
+
+
+def _offset(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        shown = f"{value:+d}"
+        raise ValueError(f'offset {shown} needs a unit: {shown}d, {shown} business days')
+    if isinstance(value, str):
+        return Offset.parse(value)
+    return value
+
+
+class Step(BaseModel):
+    """One step of the chase calendar."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    offset: Offset
+    channel: Channel = Channel.EMAIL
+    template: str
+    tone: str = "neutral"  # friendly | neutral | firm | formal
+    attach_previous: bool = False  # attach the earlier reminders (the 3rd reminder does)
+
+    _check_offset = field_validator("offset", mode="before")(_offset)
+
+
+class SendWindow(BaseModel):
+    """When reminders may leave, in the firm's time zone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    start: time = time(8, 30)
+    end: time = time(10, 0)
+
+    @field_validator("days")
+    @classmethod
+    def _known_days(cls, days: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for day in days:
+            key = day.strip().lower()
+            if key[:3] not in _WEEKDAYS or not _WEEKDAY_NAMES[key[:3]].startswith(key):
+                raise ValueError(
+                    f'unknown day "{day}"; expected one of {", ".join(_WEEKDAYS)}'
+                )
+            out.append(key[:3])
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SendWindow:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} must come after start {self.start}")
+        return self
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        """Days as `date.weekday()` numbers (Monday is 0)."""
+        return frozenset(_WEEKDAYS.index(d) for d in self.days)
+
+
+class Holidays(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    country: str = "FR"
+    subdivision: str | None = None
+
+
+class ClientProfile(BaseModel):
+    """What the firm knows of one client, matched by address or by domain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match: tuple[str, ...]  # "ap@client.fr" or "@client.fr" / "client.fr"
+    name: str | None = None
+    tone: str | None = None  # "warm" for a regular client, "formal" for a new one
+    language: str | None = None
+    terms: Offset | None = None
+    extra_contacts: tuple[str, ...] = ()  # copied from `extra_contacts_from` on
+    extra_contacts_from: int = 4  # 1-based step number: reminder-3 by default
+    never_chase: bool = False
+
+    _check_terms = field_validator("terms", mode="before")(_offset)
+
+    def matches(self, address: str) -> bool:
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        for m in self.match:
+            m = m.lower().strip()
+            if m == address or m.lstrip("@") == domain:
+                return True
+        return False
+
+
+class Rules(BaseModel):
+    """Everything the rule files say, merged from `rules/*.yaml`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: tuple[Step, ...] = Field(min_length=1)
+    send_window: SendWindow = SendWindow()
+    holidays: Holidays = Holidays()
+    min_gap: Offset = Offset(days=7)
+    default_terms: Offset = Offset(days=30)
+    language: str = "fr"
+    tone: str = "neutral"
+    clients: tuple[ClientProfile, ...] = ()
+    # An invoice older than this when relance first sees it is recorded, not chased:
+    # a first start on a mailbox holding years of mail must not wake up old invoices.
+    adopt_max_age: Offset = Offset(days=120)
+
+    _check_offsets = field_validator("min_gap", "default_terms", "adopt_max_age", mode="before")(
+        _offset
+    )
+
+    def profile_for(self, addresses: tuple[str, ...]) -> ClientProfile | None:
+        """The first profile that matches any of the client's addresses."""
+        for profile in self.clients:
+            if any(profile.matches(a) for a in addresses):
+                return profile
+        return None

@@ -1,0 +1,1 @@
+"""Adapters for what lives on disk: state, journal, evidence."""
