@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relance import app, defaults
+from relance import app, defaults, service
 from relance.cli import print_json
 from relance.config import Config, ConfigError, find_config, load_config
 from relance.core import commands as owner
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.now is not None:
                 return _fail("--now goes with --once")
-            app.run_forever(daemon, app.Clock(config.tz), lambda: _runtime(config))
+            service.run_forever(daemon, app.Clock(config.tz), lambda: _runtime(config))
     except AlreadyRunning as exc:
         return _fail(str(exc))
     except StateCorrupt as exc:
