@@ -112,7 +112,7 @@ class Daemon:
     def event(self, now: datetime, name: str, case: str | None = None, **details: Any) -> None:
         """One decision or fact: durable in the journal, one line in the log."""
         entry = self.journal.append(name, at=now, case=case, **details)
-        shown = " ".join(f"{k}={_logfmt(v)}" for k, v in details.items())
+        shown = " ".join(f"{k}={_logfmt(v)}" for k, v in details.items() if v is not None)
         log.info("event=%s%s %s", name, f" case={case}" if case else "", shown)
         if self.on_event is not None:
             self.on_event(entry)
@@ -282,6 +282,7 @@ class Daemon:
             case = self._open_case(facts, mail, now)
             tx.put_case(case)
             self.event(now, "invoice-found", case.number, client=",".join(case.client_addrs),
+                       client_name=case.client_name or None,
                        amount=case.amount, currency=case.currency, due=case.due_date,
                        state=case.state.value, source=facts.source,
                        missing=list(facts.missing) or None)
@@ -301,7 +302,8 @@ class Daemon:
         case = Case(
             number=facts.number,
             client_addrs=clients,
-            client_name=(profile.name if profile and profile.name else facts.client_name) or "",
+            client_name=(profile.name if profile and profile.name else facts.client_name)
+            or next((mail.names[a] for a in clients if a in mail.names), ""),
             subject=mail.subject,
             root_message_id=mail.message_id,
             root_references=mail.references,
@@ -333,10 +335,10 @@ class Daemon:
         self, tx: Transaction, case: Case, mail: Mail, now: datetime, notices: list[Notice]
     ) -> None:
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
-            first_line = next((ln.strip() for ln in mail.text.splitlines() if ln.strip()), "")
+            excerpt = " ".join(compose.reply_excerpt(mail.text).split())
             case = dataclasses.replace(
                 case, state=CaseState.PAUSED, paused_until=None,
-                reason=f"client replied {(mail.date or now):%Y-%m-%d}: {first_line[:80]}",
+                reason=f"client replied {(mail.date or now):%Y-%m-%d}: {excerpt[:90]}",
             )
             notices.append(Notice("reply", "notice-reply", case, {"mail": mail}))
         tx.put_case(case)

@@ -7,6 +7,7 @@ invoices, clients that pay, answer, or stay silent, and the daemon deciding each
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -126,50 +127,64 @@ def _reply_to_last_reminder(servers: DemoServers, client: Client, when: datetime
     if not reminders:
         return None
     last = reminders[-1]
-    reply = _mail(f"{client.name} <{client.address}>", FIRM, f"Re: {last.subject}", body, when,
+    subject = last.subject if last.subject.lower().startswith("re:") else f"Re: {last.subject}"
+    reply = _mail(f"{client.name} <{client.address}>", FIRM, subject, body, when,
                   In_Reply_To=last.message_id,
                   References=" ".join((*last.references, last.message_id)), **headers)
     servers.append(FIRM, "INBOX", reply.as_bytes())
     return last.subject
 
 
-Scene = Callable[[DemoServers, Path, Callable[[str], None]], None]
+# A scene changes the world and returns when it happened (relance reacts then, as IDLE would).
+Scene = Callable[[DemoServers, Path, Callable[[str], None]], datetime | None]
 
 
-def _lefevre_answers(servers: DemoServers, home: Path, say: Callable[[str], None]) -> None:
+def _lefevre_answers(
+    servers: DemoServers, home: Path, say: Callable[[str], None]
+) -> datetime | None:
+    when = _at(date(2026, 12, 3), 14, 20)
     subject = _reply_to_last_reminder(
-        servers, LEFEVRE, _at(date(2026, 12, 3), 14, 20),
+        servers, LEFEVRE, when,
         "Bonjour,\n\nNous avons un souci avec la dernière livraison, pouvez-vous nous "
         "rappeler avant que nous réglions ?\n\nCordialement,\nPaul Lefèvre\n")
     if subject:
-        say(f"Garage Lefèvre answers '{subject}' in the thread")
+        say(f"14:20 Garage Lefèvre answers '{subject}' in the thread")
+    return when
 
 
-def _nova_away(servers: DemoServers, home: Path, say: Callable[[str], None]) -> None:
+def _nova_away(
+    servers: DemoServers, home: Path, say: Callable[[str], None]
+) -> datetime | None:
+    when = _at(date(2026, 12, 8), 9, 5)
     subject = _reply_to_last_reminder(
-        servers, NOVA, _at(date(2026, 12, 9), 9, 5),
+        servers, NOVA, when,
         "Je suis absente jusqu'au 4 janvier. Pour toute urgence : studio@studio-nova.test\n",
         Auto_Submitted="auto-replied")
     if subject:
-        say("Studio Nova's out-of-office answers the reminder")
+        say("09:05 Studio Nova's out-of-office answers the reminder")
+    return when
 
 
-def _roux_pays(servers: DemoServers, home: Path, say: Callable[[str], None]) -> None:
+def _roux_pays(
+    servers: DemoServers, home: Path, say: Callable[[str], None]
+) -> datetime | None:
     store = StateStore(home / "state")
     now = _at(date(2026, 12, 10), 18)
     with store.transaction() as tx:
         case = tx.get_case("F-2026-0042")
         if case is None:
-            return
+            return None
         tx.put_case(owner.paid(case, now))
     Journal(home / "state").append("owner-paid", at=now, case="F-2026-0042", via="shell")
-    say("the owner types `relance paid F-2026-0042`: Cabinet Roux paid by transfer")
+    say("18:00 the owner types `relance paid F-2026-0042`: Cabinet Roux paid by transfer")
+    return None
 
 
+# What happens during a simulated day, after relance's 09:00 pass.
 SCENES: dict[date, Scene] = {
-    date(2026, 12, 4): _lefevre_answers,
-    date(2026, 12, 10): _nova_away,
-    date(2026, 12, 11): _roux_pays,
+    date(2026, 12, 3): _lefevre_answers,
+    date(2026, 12, 8): _nova_away,
+    date(2026, 12, 10): _roux_pays,
 }
 
 
@@ -202,13 +217,33 @@ iban = "FR76 3000 6000 0112 3456 7890 189"
 """
 
 
+def _money(amount: object, currency: object) -> str:
+    from decimal import Decimal
+
+    from babel.numbers import format_currency
+
+    if amount is None:
+        return "no amount"
+    return format_currency(Decimal(str(amount)), str(currency or "EUR"), locale="fr_FR")
+
+
+def _body(raw: bytes) -> str:
+    from relance.mailbox.parse import parse_message
+
+    mail = parse_message(raw)
+    attached = ", ".join(a.filename for a in mail.attachments) or "nothing"
+    return "\n".join(f"  | {line}" for line in
+                     [f"Subject: {mail.subject}", "", *mail.text.rstrip().splitlines()]) + (
+        f"\n  (attached: {attached})")
+
+
 def narrate(entry: dict[str, Any], say: Callable[[str], None]) -> None:
     """One journal entry as a sentence a newcomer understands."""
     event, case = entry["event"], entry.get("case") or ""
     lines = {
         "invoice-found": lambda e: (
-            f"{case}: invoice found ({e.get('amount')} {e.get('currency')}, due "
-            f"{e.get('due')}) for {e.get('client')}"),
+            f"{case}: invoice found, {_money(e.get('amount'), e.get('currency'))} due "
+            f"{e.get('due')}, for {e.get('client_name') or e.get('client')}"),
         "reminder-sent": lambda e: (
             f"{case}: {e.get('step_name')} sent to {e.get('to')}"
             + (f" ({e['days_late']} days late)" if (e.get("days_late") or 0) > 0 else "")),
@@ -235,6 +270,9 @@ def main(fast: bool = False, out: Callable[[str], None] | None = None) -> int:
     def say(text: str) -> None:
         write(f"{clock['day']:%a %d %b %Y}  {text}")
 
+    quiet = logging.getLogger("relance")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the narration tells the story; the log would repeat it
     try:
         with DemoServers(accounts) as servers:
             write(f"relance demo: embedded IMAP on {servers.imap_host}:{servers.imap_port}, "
@@ -258,10 +296,11 @@ def main(fast: bool = False, out: Callable[[str], None] | None = None) -> int:
                 for offset in range(DAYS):
                     day = START + timedelta(days=offset)
                     clock["day"] = day
-                    scene = SCENES.get(day)
-                    if scene is not None:
-                        scene(servers, home, say)
                     daemon.run_pass(mailbox, _at(day, 9, 0))
+                    scene = SCENES.get(day)
+                    happened = scene(servers, home, say) if scene is not None else None
+                    if happened is not None:
+                        daemon.run_pass(mailbox, happened + timedelta(seconds=5))
                     if not fast:
                         time.sleep(0.02)
             write("")
@@ -281,6 +320,10 @@ def main(fast: bool = False, out: Callable[[str], None] | None = None) -> int:
                   "invoice's thread:")
             for m in martin:
                 write(f"  {m.date:%d/%m} {m.subject}  (In-Reply-To {m.in_reply_to})")
+            first = servers.messages(MARTIN.address)
+            if len(first) > 1:
+                write("\nThe first reminder after the due date, as the client read it:\n")
+                write(_body(first[1]))
             owner_box = [parse_headers(raw) for raw in servers.messages(OWNER)]
             write(f"\nThe owner received {len(owner_box)} notices:")
             for m in owner_box:
@@ -288,6 +331,7 @@ def main(fast: bool = False, out: Callable[[str], None] | None = None) -> int:
         write("\nAll servers stopped; nothing left running. Try `relance init` next.")
         return 0
     finally:
+        quiet.setLevel(level)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -75,6 +75,7 @@ class Mail:
     attachments: tuple[Attachment, ...] = ()
     folder: str = ""
     uid: int = 0
+    names: dict[str, str] = field(default_factory=dict)  # address → display name, To/Cc
 
     @property
     def recipients(self) -> tuple[str, ...]:

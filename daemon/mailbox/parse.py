@@ -51,6 +51,11 @@ def _decode(value: object) -> str:
     return " ".join(text.split())
 
 
+def _names(values: list[str]) -> dict[str, str]:
+    pairs = email.utils.getaddresses([_decode(v) for v in values])
+    return {a.strip().lower(): n.strip() for n, a in pairs if "@" in a and n.strip()}
+
+
 def _addresses(values: list[str]) -> tuple[str, ...]:
     pairs = email.utils.getaddresses([_decode(v) for v in values])
     return tuple(dict.fromkeys(a.strip().lower() for _, a in pairs if "@" in a))
@@ -94,6 +99,7 @@ def parse_headers(raw_headers: bytes, folder: str = "", uid: int = 0) -> Mail:
         headers=headers,
         folder=folder,
         uid=uid,
+        names=_names(msg.get_all("To", []) + msg.get_all("Cc", [])),
     )
 
 
@@ -149,6 +155,7 @@ def parse_message(raw: bytes, folder: str = "", uid: int = 0) -> Mail:
         attachments=tuple(attachments),
         folder=folder,
         uid=uid,
+        names=head.names,
     )
 
 
