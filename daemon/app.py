@@ -413,9 +413,14 @@ class Daemon:
                 self.event(now, "step-failed", case.number, step=decision.step_index,
                            reason=f"{type(exc).__name__}: {exc}")
 
-    def render(self, case: Case, decision: Decision, now: datetime) -> compose.Rendered:
-        previous = case.steps
-        context = compose.template_context(case, decision, self.rt.firm, now, previous)
+    def render(
+        self, case: Case, decision: Decision, now: datetime,
+        attachments: Iterable[Attachment] = (),
+    ) -> compose.Rendered:
+        context = compose.template_context(
+            case, decision, self.rt.firm, now, case.steps,
+            attachments=[a.filename for a in attachments],
+        )
         return self.rt.templates.render(decision.template, case.language, context)
 
     def send_reminder(
@@ -423,10 +428,10 @@ class Daemon:
         now: datetime, notices: list[Notice],
     ) -> None:
         message_id = compose.reminder_message_id(case, decision.step_index, self.rt.firm.domain)
-        rendered = self.render(case, decision, now)
         attachments = self._invoice_attachments(mailbox, case)
         if self._step(decision).attach_previous:
             attachments += self._previous_reminders(mailbox, sent_folder, case)
+        rendered = self.render(case, decision, now, attachments)
         profile = self.rt.rules.profile_for(case.client_addrs)
         extra = ()
         if profile is not None and decision.step_index >= profile.extra_contacts_from:
