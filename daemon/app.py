@@ -21,9 +21,15 @@ from flufl.bounce import all_failures
 
 from relance.config import Config
 from relance.core import compose
-from relance.core.classify import Kind, classify
+from relance.core.classify import Kind, classify, stated_return
 from relance.core.extract import due_date_for, extract_invoices_with_notes, looks_like_invoice
-from relance.core.schedule import BusinessCalendar, due_decisions, plan_next
+from relance.core.schedule import (
+    BusinessCalendar,
+    client_key,
+    due_decisions,
+    plan_next,
+    with_client_contacts,
+)
 from relance.core.thread import cases_for, thread_index
 from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
@@ -42,7 +48,7 @@ from relance.model import (
     StepRecord,
 )
 from relance.rules.load import load_rules
-from relance.rules.model import Rules
+from relance.rules.model import Rules, Step
 from relance.store.journal import Journal
 from relance.store.state import Cursor, StateStore, Transaction
 from relance.templates import Templates, load_templates, sample_contexts
@@ -211,9 +217,10 @@ class Daemon:
                 continue
             case = _with_thread_id(case, full.message_id)
             if kind is Kind.AUTO_REPLY:
+                case = self._auto_replied(case, full, now)
                 tx.put_case(case)
                 self.event(now, "auto-reply", number, sender=full.from_addr,
-                           subject=full.subject)
+                           subject=full.subject, waits_until=case.paused_until)
                 continue
             self._client_replied(tx, case, full, now, notices)
 
@@ -298,7 +305,7 @@ class Daemon:
         clients = tuple(a for a in mail.recipients if a not in inside)
         profile = rules.profile_for(clients)
         terms = profile.terms if profile and profile.terms else rules.default_terms
-        due = due_date_for(facts, terms.days)
+        due = due_date_for(facts, terms.days, terms.end_of_month)
         case = Case(
             number=facts.number,
             client_addrs=clients,
@@ -336,14 +343,34 @@ class Daemon:
     ) -> None:
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
             excerpt = " ".join(compose.reply_excerpt(mail.text).split())
+            pause = self.rt.rules.reply_pause
+            until = None
+            if pause is not None:
+                day = self.rt.calendar.add((mail.date or now).astimezone(self.config.tz).date(),
+                                           pause)
+                until = datetime.combine(day, datetime.min.time(), tzinfo=self.config.tz)
             case = dataclasses.replace(
-                case, state=CaseState.PAUSED, paused_until=None,
+                case, state=CaseState.PAUSED, paused_until=until,
                 reason=f"client replied {(mail.date or now):%Y-%m-%d}: {excerpt[:90]}",
             )
-            notices.append(Notice("reply", "notice-reply", case, {"mail": mail}))
+            notices.append(Notice("reply", "notice-reply", case,
+                                  {"mail": mail, "paused_until": until}))
         tx.put_case(case)
         self.event(now, "client-replied", case.number, sender=mail.from_addr,
                    subject=mail.subject, state=case.state.value)
+
+    def _auto_replied(self, case: Case, mail: Mail, now: datetime) -> Case:
+        """An out-of-office is not an answer, but its stated return date may hold the
+        next step (rules: after_auto_reply = wait)."""
+        if self.rt.rules.after_auto_reply != "wait" or case.state is not CaseState.CHASING:
+            return case
+        today = (mail.date or now).astimezone(self.config.tz).date()
+        back = stated_return(f"{mail.subject}\n{mail.text}", today)
+        if back is None or back <= today:
+            return case
+        until = datetime.combine(back, datetime.min.time(), tzinfo=self.config.tz)
+        return dataclasses.replace(case, state=CaseState.PAUSED, paused_until=until,
+                                   reason=f"out of office until {back:%Y-%m-%d}")
 
     def _bounce(
         self, tx: Transaction, mail: Mail, mailbox: Mailbox, now: datetime,
@@ -379,83 +406,115 @@ class Daemon:
         for record in pending:
             found = mailbox.find_message_id(sent_folder, record.message_id)
             status = "sent" if found else "unknown"
+            steps = _group_steps(record.number, record.step_index, record.step_name)
+            touched: list[Case] = []
             with self.store.transaction() as tx:
                 tx.send_result(record.message_id, status, "resolved after restart", at=now)
-                case = tx.get_case(record.number)
-                if case is not None and case.last_step < record.step_index:
-                    case = _record_step(case, record.step_index, record.step_name,
-                                        record.created_at, record.message_id, status)
+                for number, step_index, step_name in steps:
+                    case = tx.get_case(number)
+                    if case is None or case.last_step >= step_index:
+                        continue
+                    case = _record_step(case, step_index, step_name, record.created_at,
+                                        record.message_id, status)
                     tx.put_case(case)
-            self.event(now, "send-resolved", record.number, message_id=record.message_id,
-                       status=status, step=record.step_index)
-            if status == "unknown" and case is not None:
-                notices.append(Notice("send-unknown", "notice-send-unknown", case, {
-                    "message_id": record.message_id, "step_name": record.step_name,
-                    "step_index": record.step_index, "attempted_at": record.created_at,
+                    touched.append(case)
+            for case in touched:
+                self.event(now, "send-resolved", case.number, message_id=record.message_id,
+                           status=status)
+            if status == "unknown" and touched:
+                notices.append(Notice("send-unknown", "notice-send-unknown", touched[0], {
+                    "message_id": record.message_id, "step_name": steps[0][2],
+                    "step_index": steps[0][1], "attempted_at": record.created_at,
                     "detail": "the daemon stopped during the send; the copy is not in Sent",
                 }))
 
     # -- acting -----------------------------------------------------------------------
     def act(self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]) -> None:
+        """Carry out what is due: one mail per client, listing every invoice due."""
         with self.store.reading() as view:
             cases = view.cases()
-        for decision in due_decisions(cases.values(), self.rt.rules, self.rt.calendar, now):
+        effective = with_client_contacts(cases.values())
+        decisions = due_decisions(effective, self.rt.rules, self.rt.calendar, now)
+        groups: dict[str, list[Decision]] = {}
+        for decision in decisions:
             case = cases[decision.number]
-            try:
-                if decision.channel is Channel.EMAIL:
-                    self.send_reminder(mailbox, sent_folder, case, decision, now, notices)
-                else:
-                    self.hand_over(case, decision, now, notices)
-            except IMAP_ERRORS:
-                raise
-            except Exception as exc:  # one broken case must not stop the others
-                log.exception("case %s: step %s failed", case.number, decision.step_name)
-                self.event(now, "step-failed", case.number, step=decision.step_index,
-                           reason=f"{type(exc).__name__}: {exc}")
+            if decision.channel is Channel.EMAIL:
+                groups.setdefault(client_key(case), []).append(decision)
+            else:
+                self._guarded(case, decision, now,
+                              lambda c=case, d=decision: self.hand_over(c, d, now, notices))
+        for group in groups.values():
+            # The most overdue invoice leads: the mail replies in its thread.
+            group.sort(key=lambda d: (cases[d.number].due_date, d.number))
+            lead = cases[group[0].number]
+            self._guarded(lead, group[0], now, lambda g=group: self.send_reminder(
+                mailbox, sent_folder, [(cases[d.number], d) for d in g], now, notices))
+
+    def _guarded(self, case: Case, decision: Decision, now: datetime,
+                 action: Callable[[], None]) -> None:
+        """One broken case must not stop the others; a dead link must stop the pass."""
+        try:
+            action()
+        except IMAP_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("case %s: step %s failed", case.number, decision.step_name)
+            self.event(now, "step-failed", case.number, step=decision.step_index,
+                       reason=f"{type(exc).__name__}: {exc}")
 
     def render(
         self, case: Case, decision: Decision, now: datetime,
-        attachments: Iterable[Attachment] = (),
+        attachments: Iterable[Attachment] = (), others: Iterable[Case] = (),
     ) -> compose.Rendered:
         context = compose.template_context(
             case, decision, self.rt.firm, now, case.steps,
-            attachments=[a.filename for a in attachments],
+            attachments=[a.filename for a in attachments], others=tuple(others),
         )
         return self.rt.templates.render(decision.template, case.language, context)
 
     def send_reminder(
-        self, mailbox: Mailbox, sent_folder: str, case: Case, decision: Decision,
+        self, mailbox: Mailbox, sent_folder: str, items: list[tuple[Case, Decision]],
         now: datetime, notices: list[Notice],
     ) -> None:
+        """One reminder to a client, for one invoice or several, sent at most once."""
+        case, decision = items[0]
         message_id = compose.reminder_message_id(case, decision.step_index, self.rt.firm.domain)
-        attachments = self._invoice_attachments(mailbox, case)
-        if self._step(decision).attach_previous:
-            attachments += self._previous_reminders(mailbox, sent_folder, case)
-        rendered = self.render(case, decision, now, attachments)
+        attachments: tuple[Attachment, ...] = ()
+        for item_case, item_decision in items:
+            attachments += self._invoice_attachments(mailbox, item_case)
+            if self._step(item_case, item_decision).attach_previous:
+                attachments += self._previous_reminders(mailbox, sent_folder, item_case)
+        rendered = self.render(case, decision, now, attachments, [c for c, _ in items[1:]])
         profile = self.rt.rules.profile_for(case.client_addrs)
-        extra = ()
+        extra: tuple[str, ...] = ()
         if profile is not None and decision.step_index >= profile.extra_contacts_from:
             extra = profile.extra_contacts
         message = compose.build_reminder(case, decision, self.rt.firm, rendered, now,
                                          message_id, attachments, extra)
+        numbers = " ".join(c.number for c, _ in items)
         mode = self.config.mode
         if mode is Mode.DRY_RUN:
-            self.event(now, "would-send", case.number, step=decision.step_index,
-                       step_name=decision.step_name, to=message["To"],
-                       subject=message["Subject"])
+            self.event(now, "would-send", case.number, invoices=numbers,
+                       step=decision.step_index, step_name=decision.step_name,
+                       to=message["To"], subject=message["Subject"])
             return
         with self.store.transaction() as tx:
-            fresh = tx.get_case(case.number)
-            if fresh is None or fresh.last_step >= decision.step_index or fresh.state not in (
-                CaseState.CHASING, CaseState.PAUSED
-            ) or (fresh.state is CaseState.PAUSED and fresh.paused_until is None):
-                return  # the owner or a reply got there first
+            for item_case, item_decision in items:
+                fresh = tx.get_case(item_case.number)
+                if fresh is None or fresh.last_step >= item_decision.step_index or not (
+                    fresh.state is CaseState.CHASING
+                    or (fresh.state is CaseState.PAUSED and fresh.paused_until is not None
+                        and fresh.paused_until <= now)
+                ):
+                    return  # the owner or a reply got there first; next pass decides again
             previous = tx.send(message_id)
             if previous is not None and previous.status != "failed":
                 return
             if mode is Mode.SEND and previous is None:
-                tx.send_intent(message_id, case.number, decision.step_index,
-                               decision.step_name, now)
+                tx.send_intent(message_id, numbers,
+                               decision.step_index, _group_label(items), now)
+            elif mode is Mode.SEND:
+                tx.retry_intent(message_id, at=now)
         if mode is Mode.DRAFT:
             mailbox.append(mailbox.drafts_folder(), message.as_bytes(), (b"\\Draft",), now)
             outcome = smtp.SendOutcome("drafted", "appended to Drafts")
@@ -464,18 +523,23 @@ class Daemon:
         with self.store.transaction() as tx:
             if mode is Mode.SEND:
                 tx.send_result(message_id, outcome.status, outcome.reply, at=now)
-            fresh = tx.get_case(case.number) or case
             if outcome.status in ("sent", "unknown", "drafted"):
-                fresh = _record_step(fresh, decision.step_index, decision.step_name, now,
-                                     message_id, outcome.status)
-                if outcome.status == "sent":
-                    fresh = dataclasses.replace(fresh, last_contact_at=now)
-                tx.put_case(fresh)
-        self.event(now, f"reminder-{outcome.status}", case.number, step=decision.step_index,
-                   step_name=decision.step_name, to=message["To"], message_id=message_id,
-                   smtp_reply=outcome.reply, refused=outcome.refused or None,
-                   balance=case.balance, days_late=(now.date() - case.due_date).days
-                   if case.due_date else None)
+                for item_case, item_decision in items:
+                    fresh = tx.get_case(item_case.number) or item_case
+                    fresh = _record_step(fresh, item_decision.step_index,
+                                         item_decision.step_name, now, message_id,
+                                         outcome.status)
+                    if outcome.status == "sent":
+                        fresh = dataclasses.replace(fresh, last_contact_at=now)
+                    tx.put_case(fresh)
+        for item_case, item_decision in items:
+            self.event(now, f"reminder-{outcome.status}", item_case.number,
+                       step=item_decision.step_index, step_name=item_decision.step_name,
+                       to=message["To"], message_id=message_id, smtp_reply=outcome.reply,
+                       refused=outcome.refused or None, grouped_with=numbers
+                       if len(items) > 1 else None, balance=item_case.balance,
+                       days_late=(now.date() - item_case.due_date).days
+                       if item_case.due_date else None)
         if outcome.status == "sent":
             mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
         elif outcome.status == "unknown":
@@ -511,8 +575,8 @@ class Daemon:
             "step_index": decision.step_index,
         }))
 
-    def _step(self, decision: Decision) -> Any:
-        return self.rt.rules.steps[decision.step_index - 1]
+    def _step(self, case: Case, decision: Decision) -> Step:
+        return self.rt.rules.steps_for(case.client_addrs)[decision.step_index - 1]
 
     def _invoice_attachments(self, mailbox: Mailbox, case: Case) -> tuple[Attachment, ...]:
         """The invoice's own PDFs, attached again so the client has it at hand."""
@@ -602,15 +666,30 @@ def _with_thread_id(case: Case, message_id: str) -> Case:
     return dataclasses.replace(case, thread_ids=(*case.thread_ids, message_id))
 
 
+def _group_label(items: list[tuple[Case, Decision]]) -> str:
+    """The step names of a grouped reminder, in the order of its invoices' numbers."""
+    return " ".join(f"{d.step_index}:{d.step_name}" for _, d in items)
+
+
+def _group_steps(numbers: str, step_index: int, label: str) -> list[tuple[str, int, str]]:
+    """(number, step index, step name) for each invoice a send intent covered."""
+    parts = numbers.split()
+    labels = label.split()
+    if len(labels) == len(parts) and all(":" in x for x in labels):
+        return [(n, int(x.split(":", 1)[0]), x.split(":", 1)[1])
+                for n, x in zip(parts, labels, strict=True)]
+    return [(n, step_index, label) for n in parts]
+
+
 def _record_step(
     case: Case, index: int, name: str, at: datetime, message_id: str, outcome: str
 ) -> Case:
     record = StepRecord(index=index, name=name, at=at, message_id=message_id, outcome=outcome)
-    state = case.state
+    state, reason = case.state, case.reason
     if state is CaseState.PAUSED and case.paused_until is not None:
-        state = CaseState.CHASING  # a timed pause that ran out
+        state, reason = CaseState.CHASING, ""  # a timed pause that ran out
     return dataclasses.replace(
-        case, steps=(*case.steps, record), state=state,
+        case, steps=(*case.steps, record), state=state, reason=reason,
         paused_until=None if state is CaseState.CHASING else case.paused_until,
         thread_ids=(*case.thread_ids, message_id) if message_id not in case.thread_ids
         else case.thread_ids,

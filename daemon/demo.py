@@ -35,7 +35,7 @@ FIRM = "compta@atelier-dupont.test"
 BILLING = "facturation@atelier-dupont.test"
 OWNER = "marie@atelier-dupont.test"
 START = date(2026, 11, 2)
-DAYS = 63
+DAYS = 66
 PASSWORD = "demo"
 
 
@@ -248,7 +248,9 @@ def narrate(entry: dict[str, Any], say: Callable[[str], None]) -> None:
             f"{case}: {e.get('step_name')} sent to {e.get('to')}"
             + (f" ({e['days_late']} days late)" if (e.get("days_late") or 0) > 0 else "")),
         "client-replied": lambda e: f"{case}: the client replied → chase paused, owner told",
-        "auto-reply": lambda e: f"{case}: an automatic reply → not a real answer, no pause",
+        "auto-reply": lambda e: f"{case}: an automatic reply, not an answer: no pause"
+        + (f", but the next step waits for the return date ({e['waits_until'][:10]})"
+           if e.get("waits_until") else ""),
         "handed-over": lambda e: (
             f"{case}: {e.get('step_name')} prepared and handed to the owner"),
         "owner-notified": lambda e: f"{case or 'firm'}: owner notified ({e.get('kind')})",
@@ -303,8 +305,7 @@ def main(fast: bool = False, out: Callable[[str], None] | None = None) -> int:
                         daemon.run_pass(mailbox, happened + timedelta(seconds=5))
                     if not fast:
                         time.sleep(0.02)
-            write("")
-            write("Two months later, `relance status --all`:")
+            write("\nTwo months later, `relance status --all`:")
             from relance.commands import case_summary
 
             with StateStore(config.state_dir).reading() as view:

@@ -1,7 +1,13 @@
-"""`relance run`: the long-running daemon around the pass.
+"""`relance run`: the long-running daemon around the pass, as systemd runs it.
 
-Pass, IDLE until a change or the next due step, pass again; signals and reconnection
-live here, the deciding lives in `app`.
+Pass, IDLE until a change or the next due step, pass again. Signals, reconnection and
+the conversation with systemd (READY, STATUS, WATCHDOG, RELOADING, STOPPING over
+`$NOTIFY_SOCKET`) live here; the deciding lives in `app`.
+
+SIGTERM (or SIGINT) ends the daemon within a second when it idles or waits to
+reconnect; in the middle of a pass it first finishes the step at hand, so a reminder
+is never cut between "sent" and "recorded". SIGHUP reloads rules and templates; a
+broken edit is reported and the old ones stay.
 """
 
 from __future__ import annotations
@@ -9,65 +15,226 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from types import FrameType
+from typing import Any
 
-from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime, _logfmt
+from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime
+from relance.core.schedule import BusinessCalendar, plan_next
+from relance.logs import quote
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
+from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode
+from relance.rules.model import Rules
+from relance.sdnotify import Notifier, Watchdog, watchdog_interval
 
 log = logging.getLogger("relance")
+
+MAX_BACKOFF_S = 300.0
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_CHANNEL_WORDS = {Channel.EMAIL: "send", Channel.LETTER: "letter", Channel.TASK: "task"}
+_ATTENTION = ((CaseState.PAUSED, "paused"), (CaseState.NEEDS_FACTS, "need facts"),
+              (CaseState.BAD_ADDRESS, "bad address"))
+
+
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler while the daemon only waits for a connection."""
+
+
+def status_line(cases: Iterable[Case], rules: Rules, calendar: BusinessCalendar,
+                now: datetime, mode: Mode = Mode.SEND) -> str:
+    """What `systemctl status` shows: e.g. "12 open cases, next send Tue 08:30 (F-14
+    reminder-1)". Pure, so it is tested without a mailbox."""
+    open_cases = [c for c in cases if c.state in OPEN_STATES]
+    count = len(open_cases)
+    text = f"{count} open case{'' if count == 1 else 's'}"
+    attention = [f"{n} {word}" for state, word in _ATTENTION
+                 if (n := sum(c.state is state for c in open_cases))]
+    if attention:
+        text += f" ({', '.join(attention)})"
+    planned = [(p.at, c.number, p) for c in open_cases
+               if (p := plan_next(c, rules, calendar, now)) is not None]
+    if planned:
+        at, number, step = min(planned, key=lambda item: (item[0], item[1]))
+        text += (f", next {_CHANNEL_WORDS.get(step.channel, 'step')} "
+                 f"{_when(at, now)} ({number} {step.step_name})")
+    elif count:
+        text += ", nothing planned"
+    if mode is not Mode.SEND:
+        text = f"{mode.value}: {text}"
+    return text
+
+
+def _when(at: datetime, now: datetime) -> str:
+    """"Tue 08:30" within the coming week, the full date further out."""
+    local = at.astimezone(now.tzinfo)
+    if local <= now:
+        return "now"
+    if local.date() - now.date() < timedelta(days=6):
+        return f"{WEEKDAYS[local.weekday()]} {local:%H:%M}"
+    return f"{WEEKDAYS[local.weekday()]} {local:%Y-%m-%d %H:%M}"
+
+
+class Service:
+    """One run of the daemon: its flags, its systemd notifier and its watchdog."""
+
+    def __init__(self, daemon: Daemon, clock: Clock, reload: Callable[[], Runtime | None],
+                 sleep: Callable[[float], None], notifier: Notifier) -> None:
+        self.daemon = daemon
+        self.clock = clock
+        self.reload = reload
+        self.sleep = sleep
+        self.notifier = notifier
+        self.watchdog = Watchdog(notifier, watchdog_interval())
+        self.stop_requested = False
+        self.reload_requested = False
+        self.abortable = False  # True only while waiting: a signal may end the wait at once
+
+    # -- signals ----------------------------------------------------------------------
+    def on_term(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop_requested:
+            self.stop_requested = True
+            self.notifier.stopping()
+        if self.abortable:
+            raise _Stop
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+
+    def interrupted(self) -> bool:
+        """Asked every idle slice: ends IDLE on SIGTERM or SIGHUP; also the watchdog's beat."""
+        self.watchdog.kick()
+        return self.stop_requested or self.reload_requested
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        imap = self.daemon.config.imap
+        with self.daemon.store.lock_daemon() as pid:
+            self.daemon.store.upgrade()
+            log.info("event=started mode=%s pid=%d imap=%s watchdog=%s",
+                     self.daemon.config.mode.value, pid, quote(f"{imap.host}:{imap.port}"),
+                     f"{self.watchdog.interval:g}s" if self.watchdog.interval else "off")
+            self.notifier.ready(f"connecting to {imap.host}:{imap.port}")
+            self._chain_watchdog_to_events()
+            backoff = 1.0
+            while not self.stop_requested:
+                self.handle_reload()
+                try:
+                    self.abortable = True
+                    try:
+                        mailbox = Mailbox(imap).connect()
+                    finally:
+                        self.abortable = False
+                    with mailbox:
+                        backoff = 1.0
+                        self.serve(mailbox)
+                except _Stop:
+                    break
+                except IMAP_ERRORS as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.warning("event=imap-error reason=%s retry_in=%.0fs", quote(reason),
+                                backoff)
+                    self.notifier.status(
+                        f"IMAP {imap.host}:{imap.port} failed ({reason}); "
+                        f"retrying in {backoff:.0f} s")
+                    self.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+            self.notifier.stopping()
+            self.notifier.status("stopped")
+            log.info("event=stopped")
+
+    def serve(self, mailbox: Mailbox) -> None:
+        """Pass and IDLE on one connection until a stop or a dead link."""
+        while not self.stop_requested:
+            self.handle_reload()
+            now = self.clock.now()
+            self.watchdog.kick()
+            self.daemon.run_pass(mailbox, now)
+            self.watchdog.kick()
+            wake = self.daemon.next_wake(now)
+            self.report_status(now)
+            if self.stop_requested:
+                break
+            seconds = min((wake - now).total_seconds(), REIDLE_SECONDS)
+            outcome = mailbox.idle_until(time.monotonic() + max(seconds, 1.0),
+                                         stop=self.interrupted, tick=self.watchdog.tick)
+            if outcome == "dead":
+                log.warning("event=imap-silent action=reconnect")
+                return
+
+    def wait(self, seconds: float) -> None:
+        """Sleep before a reconnection, awake to signals and the watchdog."""
+        step = min(0.5, self.watchdog.tick)
+        waited = 0.0
+        while waited < seconds and not self.stop_requested:
+            self.watchdog.kick()
+            if self.reload_requested:
+                self.handle_reload()
+            self.sleep(step)
+            waited += step
+
+    def handle_reload(self) -> None:
+        """SIGHUP: new rules and templates, or the old ones and the reason in the log."""
+        if not self.reload_requested:
+            return
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            fresh = self.reload()
+            reason = "rules or templates have errors (listed above)"
+        except Exception as exc:  # a reload must never take the daemon down
+            fresh, reason = None, f"{type(exc).__name__}: {exc}"
+        if fresh is None:
+            log.error("event=reload-failed reason=%s kept=previous", quote(reason))
+        else:
+            self.daemon.rt = fresh
+            log.info("event=reloaded steps=%d templates=%d", len(fresh.rules.steps),
+                     len(fresh.templates.names()))
+        self.notifier.ready()
+        self.report_status(self.clock.now())
+
+    def report_status(self, now: datetime) -> None:
+        if not self.notifier.enabled:
+            return
+        rt = self.daemon.rt
+        try:
+            with self.daemon.store.reading() as view:
+                cases = view.cases()
+            text = status_line(cases.values(), rt.rules, rt.calendar,
+                               now.astimezone(rt.config.tz), rt.config.mode)
+        except Exception as exc:  # the status line is a courtesy; never fail a pass on it
+            text = f"status unavailable ({type(exc).__name__}: {exc})"
+        self.notifier.status(text)
+
+    def _chain_watchdog_to_events(self) -> None:
+        """A long pass (a first sync of a big mailbox) beats the watchdog at each event."""
+        previous = self.daemon.on_event
+
+        def on_event(entry: dict[str, Any]) -> None:
+            self.watchdog.kick()
+            if previous is not None:
+                previous(entry)
+
+        self.daemon.on_event = on_event
 
 
 def run_forever(
     daemon: Daemon, clock: Clock, reload: Callable[[], Runtime | None],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, notifier: Notifier | None = None,
 ) -> None:
     """`relance run`: pass, IDLE until a change or the next due step, pass again.
 
-    SIGTERM ends it between two steps; SIGHUP reloads rules and templates (a broken edit
-    is reported by `reload` and the old ones stay). A dead link reconnects with backoff.
+    Raises AlreadyRunning when another daemon holds the state directory. `notifier`
+    defaults to the one `$NOTIFY_SOCKET` names (none: notifications are skipped).
     """
-    flags = {"stop": False, "reload": False}
-
-    def on_term(signum: int, frame: object) -> None:
-        flags["stop"] = True
-
-    def on_hup(signum: int, frame: object) -> None:
-        flags["reload"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    backoff = 1.0
-    with daemon.store.lock_daemon():
-        log.info("event=started mode=%s", daemon.config.mode.value)
-        while not flags["stop"]:
-            try:
-                with Mailbox(daemon.config.imap) as mailbox:
-                    backoff = 1.0
-                    while not flags["stop"]:
-                        if flags["reload"]:
-                            flags["reload"] = False
-                            fresh = reload()
-                            if fresh is not None:
-                                daemon.rt = fresh
-                                log.info("event=reloaded")
-                        now = clock.now()
-                        daemon.run_pass(mailbox, now)
-                        wake = daemon.next_wake(now)
-                        seconds = min((wake - now).total_seconds(), REIDLE_SECONDS)
-                        outcome = mailbox.idle_until(
-                            time.monotonic() + max(seconds, 1.0),
-                            stop=lambda: flags["stop"] or flags["reload"],
-                        )
-                        if outcome == "dead":
-                            log.warning("event=imap-silent action=reconnect")
-                            break
-            except IMAP_ERRORS as exc:
-                log.warning("event=imap-error reason=%s retry_in=%.0fs",
-                            _logfmt(f"{type(exc).__name__}: {exc}"), backoff)
-                waited = 0.0
-                while waited < backoff and not flags["stop"]:
-                    sleep(0.5)
-                    waited += 0.5
-                backoff = min(backoff * 2, 300.0)
-        log.info("event=stopped")
+    service = Service(daemon, clock, reload, sleep,
+                      notifier if notifier is not None else Notifier.from_environment())
+    handlers = {signal.SIGTERM: service.on_term, signal.SIGINT: service.on_term,
+                signal.SIGHUP: service.on_hup}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        service.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        service.notifier.close()

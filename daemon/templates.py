@@ -384,9 +384,13 @@ def sample_contexts(
         (case, replace(decision, tone="firm"), replace(firm, iban=""), previous, notice, ()),
         (case, replace(decision, tone="friendly"), firm, (), quiet_notice, attachments),
     ]
-    return [
+    contexts = [
         template_context(c, d, f, now, p, notice=n, attachments=a) for c, d, f, p, n, a in variants
     ]
+    other = replace(case, number="F-2026-0051", amount=Decimal("310.00"),
+                    due_date=date(2026, 11, 30), root_message_id="<invoice-0051@example.fr>")
+    contexts.append(template_context(case, decision, firm, now, previous, others=(other,)))
+    return contexts
 
 
 def _read_language(

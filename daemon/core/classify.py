@@ -7,6 +7,7 @@ does not, a bounce flags the address, the daemon's own mail never triggers anyth
 from __future__ import annotations
 
 import re
+from datetime import date
 from enum import StrEnum
 
 from relance.model import Firm, Mail
@@ -71,3 +72,53 @@ def classify(mail: Mail, firm: Firm) -> Kind:
     if is_auto_reply(mail):
         return Kind.AUTO_REPLY
     return Kind.REPLY
+
+
+_MONTH_NUMBERS = {
+    "janvier": 1, "janv": 1, "jan": 1, "january": 1, "fevrier": 2, "février": 2, "fevr": 2,
+    "févr": 2, "fev": 2, "fév": 2, "february": 2, "feb": 2, "mars": 3, "mar": 3, "march": 3,
+    "avril": 4, "avr": 4, "april": 4, "apr": 4, "mai": 5, "may": 5, "juin": 6, "june": 6,
+    "jun": 6, "juillet": 7, "juil": 7, "july": 7, "jul": 7, "aout": 8, "août": 8,
+    "august": 8, "aug": 8, "septembre": 9, "sept": 9, "sep": 9, "september": 9,
+    "octobre": 10, "october": 10, "oct": 10, "novembre": 11, "november": 11, "nov": 11,
+    "decembre": 12, "décembre": 12, "december": 12, "dec": 12, "déc": 12,
+}  # fmt: skip
+_MONTH_WORD = "|".join(sorted(_MONTH_NUMBERS, key=len, reverse=True))
+_RETURN_CUE = (
+    r"(?:jusqu'?(?:au|à)|jusqu’(?:au|à)|de retour (?:le|au bureau le)?|retour (?:le|prévu le)|"
+    r"until|till|back (?:on|in the office on)?|returning (?:on)?|return(?:ing)? to the office on)"
+)
+_RETURN_DATE = re.compile(
+    _RETURN_CUE + r"\s*(?:le\s+|the\s+|(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche|"
+    r"monday|tuesday|wednesday|thursday|friday|saturday|sunday),?\s+)?(?:"
+    r"(?P<nd>\d{1,2})[/.](?P<nm>\d{1,2})(?:[/.](?P<ny>\d{4}|\d{2}))?"
+    rf"|(?P<td>\d{{1,2}})(?:er|st|nd|rd|th)?\s+(?P<tm>{_MONTH_WORD})\.?(?:\s+(?P<ty>\d{{4}}))?"
+    rf"|(?P<em>{_MONTH_WORD})\.?\s+(?P<ed>\d{{1,2}})(?:st|nd|rd|th)?(?:,?\s+(?P<ey>\d{{4}}))?"
+    r"|(?P<iy>\d{4})-(?P<im>\d{2})-(?P<id>\d{2}))",
+    re.IGNORECASE,
+)
+
+
+def stated_return(text: str, today: date) -> date | None:
+    """The return date an out-of-office states ("absente jusqu'au 4 janvier", "back on
+    January 4"), the year inferred as the next such date on or after `today`."""
+    m = _RETURN_DATE.search(text)
+    if not m:
+        return None
+    g = m.groupdict()
+    try:
+        if g["iy"]:
+            return date(int(g["iy"]), int(g["im"]), int(g["id"]))
+        if g["nd"]:
+            day, month, year = int(g["nd"]), int(g["nm"]), g["ny"]
+        elif g["td"]:
+            day, month, year = int(g["td"]), _MONTH_NUMBERS[g["tm"].lower()], g["ty"]
+        else:
+            day, month, year = int(g["ed"]), _MONTH_NUMBERS[g["em"].lower()], g["ey"]
+        if year:
+            full = int(year) + (2000 if len(year) == 2 else 0)
+            return date(full, month, day)
+        found = date(today.year, month, day)
+        return found if found >= today else date(today.year + 1, month, day)
+    except (ValueError, KeyError):
+        return None

@@ -235,6 +235,7 @@ def template_context(
     notice: NoticeVars | None = None,
     attachments: Sequence[str] = (),
     penalty_rate_text: str | None = None,
+    others: Sequence[Case] = (),
 ) -> dict[str, object]:
     """The variables a template sees for one case.
 
@@ -244,10 +245,10 @@ def template_context(
     got. `attachments` are the file names the message will carry, so a template can say
     what is attached without claiming an invoice that could not be found. `notice` is
     always there (empty when not given), so one sample context can check every template.
+    `others` are the client's other invoices due in the same reminder: `invoices` lists
+    them all (the case first) so one mail asks for everything, never one mail each.
     """
     today = now.date()
-    balance = case.balance
-    days_late = None if case.due_date is None else max(0, (today - case.due_date).days)
     current = decision.step_index if decision is not None else None
     sent = sorted(
         (r for r in previous if r.outcome == "sent" and (current is None or r.index < current)),
@@ -265,17 +266,9 @@ def template_context(
             payment_link=link,
         ),
         "client": ClientVars(name=case.client_name, addresses=tuple(case.client_addrs)),
-        "invoice": InvoiceVars(
-            number=case.number,
-            amount=case.amount,
-            balance=balance,
-            paid=case.paid,
-            currency=case.currency,
-            issue_date=case.issue_date,
-            due_date=case.due_date,
-            days_late=days_late,
-            subject=case.subject,
-        ),
+        "invoice": _invoice_vars(case, today),
+        "invoices": tuple(_invoice_vars(c, today) for c in (case, *others)),
+        "total_balance": sum((c.balance or Decimal(0) for c in (case, *others)), Decimal(0)),
         "step": None
         if decision is None
         else StepVars(index=decision.step_index, name=decision.step_name, tone=decision.tone),
@@ -288,6 +281,21 @@ def template_context(
         "now": now,
         "today": today,
     }
+
+
+def _invoice_vars(case: Case, today: date) -> InvoiceVars:
+    days_late = None if case.due_date is None else max(0, (today - case.due_date).days)
+    return InvoiceVars(
+        number=case.number,
+        amount=case.amount,
+        balance=case.balance,
+        paid=case.paid,
+        currency=case.currency,
+        issue_date=case.issue_date,
+        due_date=case.due_date,
+        days_late=days_late,
+        subject=case.subject,
+    )
 
 
 def build_reminder(

@@ -12,7 +12,7 @@ minimum gap of the firm's last mail to the client, in the order the rules list t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -176,6 +176,39 @@ def due_decisions(
     return decisions
 
 
+# Outcomes of a step that mean the client (probably) received a mail.
+_MAILED = frozenset({"sent", "unknown"})
+
+
+def client_key(case: Case) -> str:
+    """Which client a case belongs to, for the per-client gap and for grouping."""
+    return min(case.client_addrs, default=case.number).lower()
+
+
+def with_client_contacts(cases: Iterable[Case]) -> list[Case]:
+    """The cases, each with `last_contact_at` raised to the firm's latest mail to the same
+    client about any invoice: the minimum gap protects a client, not an invoice, so a
+    client with three open invoices never gets three reminders in one week."""
+    cases = list(cases)
+    latest: dict[str, datetime] = {}
+    for case in cases:
+        contacts = [s.at for s in case.steps if s.outcome in _MAILED]
+        if case.last_contact_at is not None:
+            contacts.append(case.last_contact_at)
+        if contacts:
+            key = client_key(case)
+            newest = max(contacts)
+            if key not in latest or newest > latest[key]:
+                latest[key] = newest
+    out = []
+    for case in cases:
+        newest = latest.get(client_key(case))
+        if newest is not None and (case.last_contact_at is None or newest > case.last_contact_at):
+            case = replace(case, last_contact_at=newest)
+        out.append(case)
+    return out
+
+
 def _next_step(
     case: Case, rules: Rules, cal: BusinessCalendar, now: datetime
 ) -> tuple[int, Step, datetime] | None:
@@ -192,8 +225,9 @@ def _next_step(
 
     today = now.astimezone(cal.tz).date()
     not_before = _not_before(case, rules, cal)
-    for index in range(case.last_step + 1, len(rules.steps) + 1):
-        step = rules.steps[index - 1]
+    steps = rules.steps_for(case.client_addrs)
+    for index in range(case.last_step + 1, len(steps) + 1):
+        step = steps[index - 1]
         day = cal.add(case.due_date, step.offset)
         if not_before is not None:
             day = max(day, not_before)
@@ -233,8 +267,9 @@ def _not_before(case: Case, rules: Rules, cal: BusinessCalendar) -> date | None:
 
 
 def _tone(step: Step, profile: ClientProfile | None) -> str:
-    """A client's tone (warmer for a regular, formal for a new one) wins over the step's."""
-    if profile is not None and profile.tone:
+    """A client's tone (warmer for a regular, formal for a new one) wins over the step's,
+    except on a formal step: a formal notice stays formal whoever the client is."""
+    if profile is not None and profile.tone and step.tone != "formal":
         return profile.tone
     return step.tone
 

@@ -13,13 +13,15 @@ from collections.abc import Iterable
 from relance.model import Case, Mail
 
 
-def thread_index(cases: Iterable[Case]) -> dict[str, str]:
-    """Message-ID → case number, for every message known in every case's thread."""
-    index: dict[str, str] = {}
+def thread_index(cases: Iterable[Case]) -> dict[str, tuple[str, ...]]:
+    """Message-ID → case numbers, for every message known in every case's thread (one
+    reminder may list several invoices of a client, so one id may lead to several)."""
+    index: dict[str, tuple[str, ...]] = {}
     for case in cases:
-        index[case.root_message_id] = case.number
-        for message_id in case.thread_ids:
-            index[message_id] = case.number
+        for message_id in (case.root_message_id, *case.thread_ids):
+            known = index.get(message_id, ())
+            if case.number not in known:
+                index[message_id] = (*known, case.number)
     return index
 
 
@@ -31,11 +33,13 @@ def _names_number(number: str, text: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(number)}(?![\w-])", text, re.IGNORECASE) is not None
 
 
-def cases_for(mail: Mail, cases: Iterable[Case], index: dict[str, str]) -> list[str]:
+def cases_for(
+    mail: Mail, cases: Iterable[Case], index: dict[str, tuple[str, ...]]
+) -> list[str]:
     """Numbers of the cases a message is about; empty when it is about none."""
     for message_id in (mail.in_reply_to, *reversed(mail.references)):
         if message_id and message_id in index:
-            return [index[message_id]]
+            return list(index[message_id])
     sender_domain = _domain(mail.from_addr)
     known = [
         case

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import time
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,9 +25,12 @@ _WEEKDAY_NAMES = {
 }
 _OFFSET = re.compile(
     r"^\s*(?P<sign>[+-])?\s*(?P<n>\d+)\s*"
-    r"(?P<unit>d|days?|w|weeks?|bd|business days?|jours? ouvrés?|j)\s*$",
+    r"(?P<unit>bd|business days?|jours? ouvrés?|d|days?|w|weeks?|semaines?|jours?|j)\s*$",
     re.IGNORECASE,
 )
+
+
+_END_OF_MONTH = re.compile(r"\s*(end of month|eom|fin de mois|fdm)\s*$", re.IGNORECASE)
 
 
 class Offset(BaseModel):
@@ -36,10 +40,16 @@ class Offset(BaseModel):
 
     days: int
     business: bool = False
+    end_of_month: bool = False  # payment terms "45 jours fin de mois"
 
     @classmethod
     def parse(cls, text: str) -> Offset:
-        """Read `+5d`, `-5d`, `+2w`, `+3bd`, `+3 business days`; raise ValueError else."""
+        """Read `+5d`, `-5d`, `+2w`, `+3bd`, `+3 business days`, and for payment terms
+        `45d end of month` / `45 jours fin de mois`; raise ValueError else."""
+        eom = _END_OF_MONTH.search(str(text))
+        if eom:
+            plain = cls.parse(str(text)[: eom.start()])
+            return cls(days=plain.days, business=plain.business, end_of_month=True)
         m = _OFFSET.match(str(text))
         if not m:
             raise ValueError(
@@ -47,9 +57,9 @@ class Offset(BaseModel):
             )
         n = int(m["n"]) * (-1 if m["sign"] == "-" else 1)
         unit = m["unit"].lower()
-        if unit.startswith("w"):
+        if unit.startswith(("w", "s")):
             return cls(days=7 * n)
-        business = unit.startswith(("bd", "business", "jour"))
+        business = unit.startswith(("bd", "business")) or "ouvr" in unit
         return cls(days=n, business=business)
 
 
@@ -131,6 +141,7 @@ class ClientProfile(BaseModel):
     extra_contacts: tuple[str, ...] = ()  # copied from `extra_contacts_from` on
     extra_contacts_from: int = 4  # 1-based step number: reminder-3 by default
     never_chase: bool = False
+    steps: tuple[Step, ...] | None = None  # a calendar of its own, replacing the default
 
     _check_terms = field_validator("terms", mode="before")(_offset)
 
@@ -142,6 +153,19 @@ class ClientProfile(BaseModel):
             if m == address or m.lstrip("@") == domain:
                 return True
         return False
+
+
+_AFTER_REPLY = re.compile(r"^\s*pause(?:\s+(?P<offset>.+?))?\s*$", re.IGNORECASE)
+
+
+def _after_reply(value: object) -> object:
+    """`pause` (until the owner resumes) or `pause 14d` (resumes by itself)."""
+    m = _AFTER_REPLY.match(str(value))
+    if not m:
+        raise ValueError(f'"{value}" is not a reply rule; expected "pause" or "pause 14d"')
+    if m["offset"]:
+        Offset.parse(m["offset"])
+    return " ".join(str(value).split()).lower()
 
 
 class Rules(BaseModel):
@@ -160,10 +184,29 @@ class Rules(BaseModel):
     # An invoice older than this when relance first sees it is recorded, not chased:
     # a first start on a mailbox holding years of mail must not wake up old invoices.
     adopt_max_age: Offset = Offset(days=120)
+    # What a client's reply does: "pause" until the owner resumes, or "pause 14d".
+    after_reply: str = "pause"
+    # An out-of-office: "wait" for the return date it states, or "continue".
+    after_auto_reply: Literal["wait", "continue"] = "wait"
+
+    _check_after_reply = field_validator("after_reply", mode="before")(_after_reply)
 
     _check_offsets = field_validator("min_gap", "default_terms", "adopt_max_age", mode="before")(
         _offset
     )
+
+    @property
+    def reply_pause(self) -> Offset | None:
+        """How long a reply pauses a case; None means until the owner resumes it."""
+        m = _AFTER_REPLY.match(self.after_reply)
+        return Offset.parse(m["offset"]) if m and m["offset"] else None
+
+    def steps_for(self, addresses: tuple[str, ...]) -> tuple[Step, ...]:
+        """The calendar that applies to a client: its own, else the firm's."""
+        profile = self.profile_for(addresses)
+        if profile is not None and profile.steps:
+            return profile.steps
+        return self.steps
 
     def profile_for(self, addresses: tuple[str, ...]) -> ClientProfile | None:
         """The first profile that matches any of the client's addresses."""

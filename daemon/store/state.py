@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -30,7 +31,11 @@ from tinydb.table import Document, Table
 
 from relance.model import Case, CaseState, StepRecord
 
+log = logging.getLogger("relance")
+
 SCHEMA_VERSION = 1
+"""The format `state.json` is written in. Bump it with every change an older relance
+could misread, and add the step from the previous version to MIGRATIONS."""
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 DAEMON_LOCK_FILE = "daemon.lock"
@@ -57,6 +62,27 @@ class StateCorrupt(Exception):
             f"{self.path}: {reason}; relance will not overwrite it. Move the file aside: "
             f"the state can be rebuilt from the journal ({self.path.parent / 'journal.jsonl'})"
             " and the mailbox."
+        )
+
+
+class StateTooNew(StateCorrupt):
+    """The state file was written by a newer relance: reading it could lose what it knows.
+
+    Happens after a downgrade. Nothing is changed; the upgrade left a backup of the file
+    as it was before (`state.json.vN.bak`), which this version can read.
+    """
+
+    def __init__(self, path: Path | str, found: int, known: int) -> None:
+        self.path = Path(path)
+        self.found = found
+        self.known = known
+        self.reason = f"schema version {found} is newer than this relance reads ({known})"
+        backup = self.path.with_name(f"{self.path.name}.v{known}.bak")
+        Exception.__init__(
+            self,
+            f"{self.path}: {self.reason}: it was written by a newer relance. Install that "
+            f"version again, or stop relance and put back {backup} (the state as it was "
+            "before the upgrade).",
         )
 
 
@@ -128,7 +154,10 @@ class AtomicJSONStorage(Storage):
 
     def write(self, data: Mapping[str, Mapping[str, Any]]) -> None:
         """Replace the file with `data` atomically and durably."""
-        encoded = json.dumps(data, **self._dump_kwargs).encode("utf-8")
+        self.write_bytes(json.dumps(data, **self._dump_kwargs).encode("utf-8"))
+
+    def write_bytes(self, encoded: bytes) -> None:
+        """Replace the file with `encoded` atomically and durably."""
         directory = self.path.parent
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
@@ -160,6 +189,69 @@ class _SnapshotStorage(Storage):
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         self.data = data
         self.changed = True
+
+
+# --- versions and migrations -----------------------------------------------------------
+
+
+def schema_version(data: Mapping[str, Any], path: Path | str = STATE_FILE) -> int:
+    """The format version of stored tables: `meta.schema_version`, 0 for a file from
+    before the format carried one, the current version for an empty (new) state."""
+    meta = data.get(_META) or {}
+    versions = {doc.get("schema_version") for doc in meta.values() if isinstance(doc, dict)}
+    versions.discard(None)
+    if not versions:
+        return 0 if data else SCHEMA_VERSION
+    if len(versions) > 1 or not all(isinstance(v, int) and v >= 0 for v in versions):
+        raise StateCorrupt(path, f"schema version {sorted(map(str, versions))} is not a number")
+    (version,) = versions
+    return int(version)
+
+
+def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v0, the files of the first builds, before the format carried a version: the same
+    tables, some missing when empty. v1 has every table and `meta.schema_version`."""
+    for table in (_CASES, _CURSORS, _SENDS):
+        data.setdefault(table, {})
+    return data
+
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1}
+"""From version N to N+1: a function of the tables that returns the new tables.
+`migrate` chains them and stamps the version; each one is tested on a file of version N."""
+
+
+def _stamp(data: dict[str, Any], version: int) -> None:
+    meta = data.setdefault(_META, {})
+    doc = meta.get("1") if isinstance(meta.get("1"), dict) else {}
+    meta.clear()
+    meta["1"] = {**doc, "schema_version": version}
+
+
+def migrate(data: dict[str, Any], path: Path | str = STATE_FILE) -> tuple[dict[str, Any], int]:
+    """The tables brought to SCHEMA_VERSION, and the version they were in.
+
+    Raises StateTooNew for a file from a newer relance, StateCorrupt when no path leads
+    from its version to this one.
+    """
+    found = schema_version(data, path)
+    if found > SCHEMA_VERSION:
+        raise StateTooNew(path, found, SCHEMA_VERSION)
+    version = found
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise StateCorrupt(path, f"schema version {version}: this relance cannot upgrade it")
+        try:
+            data = step(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateCorrupt(
+                path, f"upgrading schema version {version} to {version + 1}: {exc!r}"
+            ) from exc
+        version += 1
+        _stamp(data, version)
+    return data, found
 
 
 # --- values stored besides cases ------------------------------------------------------
@@ -403,12 +495,13 @@ class StateView:
         return StateCorrupt(self._path, reason)
 
     def _build_indexes(self, data: dict[str, dict[str, Any]]) -> None:
-        meta = data.get(_META, {})
-        versions = {doc.get("schema_version") for doc in meta.values() if isinstance(doc, dict)}
-        if versions and versions != {SCHEMA_VERSION}:
+        version = schema_version(data, self._path)
+        if version > SCHEMA_VERSION:
+            raise StateTooNew(self._path, version, SCHEMA_VERSION)
+        if data.get(_META) and version != SCHEMA_VERSION:
             raise self._corrupt(
-                f"schema version {sorted(map(str, versions))}, this relance reads version "
-                f"{SCHEMA_VERSION}"
+                f"schema version {version}, this relance reads version {SCHEMA_VERSION}; "
+                "the store upgrades files before reading them"
             )
         try:
             for doc_id, doc in data.get(_CASES, {}).items():
@@ -593,6 +686,20 @@ class Transaction(StateView):
         self._sends_table.update(_replace_with(_send_to_doc(record)), doc_ids=[doc_id])
         return record
 
+    def retry_intent(self, message_id: str, *, at: datetime) -> SendRecord:
+        """Turn a "failed" send (the server certainly refused it) back into an intent
+        before trying again, so a crash during the retry is resolved like any other."""
+        existing = self.send(message_id)
+        if existing is None or existing.status != "failed":
+            raise ValueError(
+                f"send {message_id}: only a failed send can be retried, "
+                f"not {existing.status if existing else 'a missing one'!r}"
+            )
+        record = replace(existing, status="intent", recorded_at=at)
+        doc_id = self._send_ids[message_id]
+        self._sends_table.update(_replace_with(_send_to_doc(record)), doc_ids=[doc_id])
+        return record
+
     def _data_to_commit(self) -> dict[str, dict[str, Any]]:
         """The tables to write, stamped with the schema version on first write."""
         if not self._meta_table.contains(doc_id=1):
@@ -675,7 +782,7 @@ class StateStore:
         with self._flock(fcntl.LOCK_EX):
             if not self._swept_temps:
                 self._sweep_temps()
-            tx = Transaction(self.path, self._storage.read() or {})
+            tx = Transaction(self.path, self._upgraded(self._storage.read() or {}))
             yield tx
             if tx.changed:
                 self._storage.write(tx._data_to_commit())
@@ -688,8 +795,34 @@ class StateStore:
         `relance status` never holds up the daemon's next pass.
         """
         with self._flock(fcntl.LOCK_SH):
-            view = StateView(self.path, self._storage.read() or {})
+            data, _found = migrate(self._storage.read() or {}, self.path)
+            view = StateView(self.path, data)
         yield view
+
+    def upgrade(self) -> int | None:
+        """Bring `state.json` to the current format now; the version it had, or None
+        when it was current. The daemon calls it at start so the upgrade is logged once."""
+        with self._flock(fcntl.LOCK_EX):
+            raw = self._storage.read() or {}
+            before = schema_version(raw, self.path)
+            self._upgraded(raw)
+        return None if before == SCHEMA_VERSION else before
+
+    def _upgraded(self, data: dict[str, Any]) -> dict[str, Any]:
+        """`data` in the current format; an older file is backed up and rewritten first.
+
+        Call with the exclusive lock held. The backup (`state.json.vN.bak`) is the file
+        byte for byte, so going back to the older relance is a copy away.
+        """
+        data, found = migrate(data, self.path)
+        if found != SCHEMA_VERSION:
+            backup = self.path.with_name(f"{self.path.name}.v{found}.bak")
+            if not backup.exists():
+                AtomicJSONStorage(backup).write_bytes(self.path.read_bytes())
+            self._storage.write(data)
+            log.info("event=state-upgraded file=%s from=%d to=%d backup=%s",
+                     self.path, found, SCHEMA_VERSION, backup)
+        return data
 
     def _sweep_temps(self) -> None:
         """Remove temp files a killed writer left behind (only ever under the lock)."""
