@@ -249,6 +249,19 @@ class Daemon:
         if case is None or "x-relance-step" not in head.headers:
             return
         updated = _with_thread_id(case, head.message_id)
+        step_header = head.headers.get("x-relance-step", "").strip()
+        drafted = [s for s in case.steps if s.outcome == "drafted" and (
+            s.message_id == head.message_id or str(s.index) == step_header)]
+        if drafted and head.folder != "INBOX":
+            # The owner sent a reminder relance had put in Drafts: now it is a contact.
+            at = head.date or now
+            updated = dataclasses.replace(
+                updated,
+                steps=tuple(dataclasses.replace(s, outcome="sent", at=at) if s in drafted
+                            else s for s in updated.steps),
+                last_contact_at=max(at, updated.last_contact_at or at),
+            )
+            self.event(now, "draft-sent-by-owner", number, message_id=head.message_id, at=at)
         if updated is not case:
             tx.put_case(updated)
 
