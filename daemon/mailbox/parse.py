@@ -85,7 +85,8 @@ def parse_headers(raw_headers: bytes, folder: str = "", uid: int = 0) -> Mail:
     for name in _KEPT:
         values = msg.get_all(name)
         if values:
-            headers[name] = " ; ".join(_decode(v) for v in values)
+            # One line per occurrence: Authentication-Results may come several times.
+            headers[name] = "\n".join(_decode(v) for v in values)
     return Mail(
         message_id=message_id[0] if message_id else "",
         subject=_decode(msg.get("Subject", "")),
