@@ -50,6 +50,7 @@ from relance.model import (
 from relance.rules.load import load_rules
 from relance.rules.model import Rules, Step
 from relance.store.journal import Journal
+from relance.store.secret import load_or_create_secret
 from relance.store.state import Cursor, StateStore, Transaction
 from relance.templates import Templates, load_templates, sample_contexts
 
@@ -109,6 +110,7 @@ class Daemon:
         self.store = store
         self.journal = journal
         self.on_event: Callable[[dict[str, Any]], None] | None = None
+        self.secret = load_or_create_secret(store.state_dir)
 
     @property
     def config(self) -> Config:
@@ -657,7 +659,8 @@ class Daemon:
                                            notice=notice_vars)
         rendered = self.rt.templates.render(notice.template, case.language, context)
         message_id = compose.notice_message_id(
-            case.number, notice.kind, now + timedelta(microseconds=position), self.rt.firm.domain
+            case.number, notice.kind, now + timedelta(microseconds=position), self.rt.firm.domain,
+            self.secret,
         )
         return compose.build_owner_notice(self.rt.firm, rendered.subject, rendered.text, now,
                                           message_id, case, kind=notice.kind)

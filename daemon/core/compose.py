@@ -10,6 +10,7 @@ numbers) and must never be able to add a header of their own.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,17 +201,35 @@ def reminder_message_id(case: Case, step_index: int, domain: str) -> str:
     return f"<relance.{digest[:16]}.{int(step_index)}@{_id_domain(domain)}>"
 
 
-def notice_message_id(case_number: str | None, kind: str, at: datetime, domain: str) -> str:
-    """The Message-ID of a notice to the owner, deterministic like a reminder's.
+def notice_message_id(
+    case_number: str | None, kind: str, at: datetime, domain: str, secret: bytes = b""
+) -> str:
+    """The Message-ID of a notice to the owner: deterministic, and signed.
 
-    `at` should be the instant of the event reported (the client's reply, the failed
-    send), not only the pass's clock: two notices of one kind for one case then differ,
-    and the same event noticed twice gives the same id.
+    `at` should be the instant of the event reported, so two notices of one kind for one
+    case differ and the same event noticed twice gives the same id. The last part is an
+    HMAC under the state's secret: a reply to a notice carries this id in In-Reply-To,
+    which proves it comes from someone who received the notice (see `is_notice_id`).
     """
     key = f"{case_number or ''}\x00{kind}\x00{at.isoformat()}"
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     label = _KIND_JUNK.sub("-", kind).strip("-") or "notice"
-    return f"<relance.notice.{label}.{digest[:16]}@{_id_domain(domain)}>"
+    return f"<relance.notice.{label}.{digest}.{_sign(digest, secret)}@{_id_domain(domain)}>"
+
+
+def _sign(value: str, secret: bytes) -> str:
+    return hmac.new(secret, value.encode("ascii"), hashlib.sha256).hexdigest()[:20]
+
+
+_NOTICE_ID = re.compile(
+    r"^<relance\.notice\.[\w-]+\.(?P<digest>[0-9a-f]{16})\.(?P<sig>[0-9a-f]{20})@"
+)
+
+
+def is_notice_id(message_id: str, secret: bytes) -> bool:
+    """Whether `message_id` is one of our notices' ids, signed with `secret`."""
+    m = _NOTICE_ID.match(message_id.strip())
+    return bool(m) and bool(secret) and hmac.compare_digest(_sign(m["digest"], secret), m["sig"])
 
 
 def thread_subject(subject: str) -> str:
