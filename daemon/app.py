@@ -513,6 +513,11 @@ class Daemon:
                        step=decision.step_index, step_name=decision.step_name,
                        to=message["To"], subject=message["Subject"])
             return
+        if mode is Mode.SEND and mailbox.find_message_id(sent_folder, message_id):
+            # Already in Sent: a state restored from a backup, or a copy the provider
+            # filed itself. The client has it; record it, never send it again.
+            self._already_sent(items, message_id, now)
+            return
         with self.store.transaction() as tx:
             for item_case, item_decision in items:
                 fresh = tx.get_case(item_case.number)
@@ -555,7 +560,7 @@ class Daemon:
                        if len(items) > 1 else None, balance=item_case.balance,
                        days_late=(now.date() - item_case.due_date).days
                        if item_case.due_date else None)
-        if outcome.status == "sent":
+        if outcome.status == "sent" and self.config.smtp.copy_to_sent:
             mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
         elif outcome.status == "unknown":
             notices.append(Notice("send-unknown", "notice-send-unknown", case, {
@@ -563,6 +568,19 @@ class Daemon:
                 "step_index": decision.step_index, "attempted_at": now,
                 "detail": outcome.reply,
             }))
+
+    def _already_sent(
+        self, items: list[tuple[Case, Decision]], message_id: str, now: datetime
+    ) -> None:
+        with self.store.transaction() as tx:
+            for item_case, item_decision in items:
+                fresh = tx.get_case(item_case.number) or item_case
+                if fresh.last_step < item_decision.step_index:
+                    tx.put_case(_record_step(fresh, item_decision.step_index,
+                                             item_decision.step_name, now, message_id, "sent"))
+        for item_case, item_decision in items:
+            self.event(now, "reminder-found-in-sent", item_case.number,
+                       step=item_decision.step_index, message_id=message_id)
 
     def hand_over(
         self, case: Case, decision: Decision, now: datetime, notices: list[Notice]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from relance import __version__
+from relance import __version__, logs
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -113,14 +112,8 @@ def _handler(verb: str) -> Handler:
 
 
 def setup_logging(verbose: bool) -> None:
-    """One event a line on stderr (journald adds the time under systemd)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("imapclient", "mail-parser", "mailparser", "aiosmtplib", "mail.log"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """One event a line on stderr: key=value, or JSON with RELANCE_LOG_FORMAT=json."""
+    logs.setup(verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

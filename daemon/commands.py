@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relance import app, defaults, service
+from relance import app, defaults, logs, service
 from relance.cli import print_json
 from relance.config import Config, ConfigError, find_config, load_config
 from relance.core import commands as owner
@@ -47,6 +47,14 @@ def _runtime(config: Config) -> app.Runtime | None:
     runtime, problems = app.load_runtime(config)
     for problem in problems:
         print(problem, file=sys.stderr)
+    return runtime
+
+
+def _reload_runtime(config: Config) -> app.Runtime | None:
+    """Rules and templates again (SIGHUP); problems go to the log, the old ones stay."""
+    runtime, problems = app.load_runtime(config)
+    for problem in problems:
+        log.error("event=reload-problem problem=%s", logs.quote(problem))
     return runtime
 
 
@@ -130,15 +138,19 @@ def run(args: argparse.Namespace) -> int:
     runtime = _runtime(config)
     if runtime is None:
         return 1
-    store = StateStore(config.state_dir)
-    daemon = app.Daemon(runtime, store, Journal(config.state_dir))
+    try:
+        store = StateStore(config.state_dir)
+        daemon = app.Daemon(runtime, store, Journal(config.state_dir))
+    except OSError as exc:
+        return _fail(f"state_dir {config.state_dir}: {exc.strerror or exc}; "
+                     "set state_dir in relance.toml to a writable folder")
     try:
         if args.once:
             app.run_once(daemon, _now(args, config))
         else:
             if args.now is not None:
                 return _fail("--now goes with --once")
-            service.run_forever(daemon, app.Clock(config.tz), lambda: _runtime(config))
+            service.run_forever(daemon, app.Clock(config.tz), lambda: _reload_runtime(config))
     except AlreadyRunning as exc:
         return _fail(str(exc))
     except StateCorrupt as exc:

@@ -65,6 +65,14 @@ class ServerConfig(BaseModel):
         return self.password.get_secret_value() if self.password else ""
 
 
+class SmtpConfig(ServerConfig):
+    """The `[smtp]` section: a server, and whether relance files its own copy in Sent."""
+
+    # Gmail and a few others already file what their SMTP server sends in Sent Mail;
+    # set this to false there, or every reminder would show twice.
+    copy_to_sent: bool = True
+
+
 class FirmConfig(BaseModel):
     """Who the firm is: its addresses tell its own mail from everybody else's."""
 
@@ -110,7 +118,7 @@ class Config(BaseSettings):
     rules_dir: Path = Path("rules")
     templates_dir: Path = Path("templates")
     imap: ServerConfig
-    smtp: ServerConfig
+    smtp: SmtpConfig
     firm: FirmConfig
 
     @classmethod
@@ -148,9 +156,12 @@ def find_config(explicit: str | None) -> Path:
     if env := os.environ.get("RELANCE_CONFIG"):
         return Path(env)
     for candidate in DEFAULT_PATHS:
-        if candidate.exists():
-            return candidate
-    return DEFAULT_PATHS[0]
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:  # e.g. run as another user from a folder it cannot enter
+            continue
+    return DEFAULT_PATHS[-1]
 
 
 def load_config(path: Path) -> Config:

@@ -130,10 +130,10 @@ class Watchdog:
     """Keeps `WATCHDOG=1` coming while the loop makes progress.
 
     The loop calls `kick()` wherever it passes (each idle slice, each journal event,
-    each backoff step); a ping leaves when a quarter of the interval has gone by, so with
-    idle slices of `tick` seconds the gap between pings stays under half the interval,
-    as sd_watchdog_enabled(3) advises. A loop that hangs stops kicking, and systemd
-    restarts the service.
+    each backoff step); a ping leaves when a quarter of the interval has gone by. Idle
+    slices last at most an eighth of the interval (`tick`), so while idle the gap between
+    pings stays under half the interval, as sd_watchdog_enabled(3) advises. A loop that
+    hangs stops kicking, and systemd restarts the service.
     """
 
     def __init__(
@@ -150,7 +150,7 @@ class Watchdog:
         """How long one idle slice may last, so pings stay frequent enough."""
         if self.interval is None:
             return 1.0
-        return max(0.05, min(1.0, self.interval / 4))
+        return max(0.05, min(1.0, self.interval / 8))
 
     def kick(self) -> None:
         if self.interval is None:

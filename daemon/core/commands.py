@@ -26,7 +26,9 @@ def parse_amount(text: str) -> Decimal:
     """`1234.56`, `1 234,56`, `1234,56 €`: the owner types amounts as they like."""
     cleaned = re.sub(r"[\s\u00a0\u202f€]|EUR", "", text.strip(), flags=re.IGNORECASE)
     if "," in cleaned and "." in cleaned:
-        cleaned = cleaned.replace(".", "").replace(",", ".")
+        # Both: the last one is the decimal mark ("1.234,56" or "1,234.56").
+        thousands = "." if cleaned.rfind(",") > cleaned.rfind(".") else ","
+        cleaned = cleaned.replace(thousands, "")
     cleaned = cleaned.replace(",", ".")
     try:
         amount = Decimal(cleaned)

@@ -202,10 +202,11 @@ def schema_version(data: Mapping[str, Any], path: Path | str = STATE_FILE) -> in
     versions.discard(None)
     if not versions:
         return 0 if data else SCHEMA_VERSION
-    if len(versions) > 1 or not all(isinstance(v, int) and v >= 0 for v in versions):
-        raise StateCorrupt(path, f"schema version {sorted(map(str, versions))} is not a number")
-    (version,) = versions
-    return int(version)
+    shown = ", ".join(sorted(map(repr, versions)))
+    version = versions.pop() if len(versions) == 1 else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise StateCorrupt(path, f"schema version {shown}: expected one whole number")
+    return version
 
 
 def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
