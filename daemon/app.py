@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
 
@@ -23,6 +24,7 @@ from relance.config import Config
 from relance.core import compose
 from relance.core.classify import Kind, classify, stated_return
 from relance.core.extract import due_date_for, extract_invoices_with_notes, looks_like_invoice
+from relance.core.letter import late_penalties
 from relance.core.schedule import (
     BusinessCalendar,
     client_key,
@@ -481,11 +483,30 @@ class Daemon:
         self, case: Case, decision: Decision, now: datetime,
         attachments: Iterable[Attachment] = (), others: Iterable[Case] = (),
     ) -> compose.Rendered:
+        others = tuple(others)
         context = compose.template_context(
             case, decision, self.rt.firm, now, case.steps,
-            attachments=[a.filename for a in attachments], others=tuple(others),
+            attachments=[a.filename for a in attachments], others=others,
+            late=self.late_fees((case, *others), decision, now),
         )
         return self.rt.templates.render(decision.template, case.language, context)
+
+    def late_fees(
+        self, cases: tuple[Case, ...], decision: Decision, now: datetime
+    ) -> compose.LateVars:
+        """Penalties to the day on every invoice of the reminder, and one indemnity each."""
+        law = self.rt.rules.late_payment
+        today = now.astimezone(self.config.tz).date()
+        penalties = sum(
+            (late_penalties(c.balance or Decimal(0), c.due_date, today, law.rate)
+             for c in cases if c.due_date is not None), Decimal("0.00"))
+        indemnity = law.indemnity * len(cases) if law.business_clients else Decimal("0.00")
+        balance = sum((c.balance or Decimal(0) for c in cases), Decimal(0))
+        return compose.LateVars(
+            rate=law.rate, penalties=penalties, indemnity=indemnity,
+            total=balance + penalties + indemnity,
+            shown=decision.step_index >= law.show_from_step and law.business_clients,
+        )
 
     def send_reminder(
         self, mailbox: Mailbox, sent_folder: str, items: list[tuple[Case, Decision]],

@@ -38,7 +38,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
-from relance.core.compose import NoticeVars, Rendered, one_line, template_context
+from relance.core.compose import LateVars, NoticeVars, Rendered, one_line, template_context
 from relance.model import Case, Channel, Decision, Firm, StepRecord
 
 FALLBACK_LANGUAGE = "fr"
@@ -390,6 +390,9 @@ def sample_contexts(
     other = replace(case, number="F-2026-0051", amount=Decimal("310.00"),
                     due_date=date(2026, 11, 30), root_message_id="<invoice-0051@example.fr>")
     contexts.append(template_context(case, decision, firm, now, previous, others=(other,)))
+    late = LateVars(rate=Decimal("12.15"), penalties=Decimal("17.32"), indemnity=Decimal("40"),
+                    total=Decimal("1291.88"), shown=True)
+    contexts.append(template_context(case, decision, firm, now, previous, late=late))
     return contexts
 
 

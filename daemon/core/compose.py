@@ -108,6 +108,21 @@ class StepVars:
 
 
 @dataclass(frozen=True)
+class LateVars:
+    """Late-payment penalties and indemnity as of today, for the later reminders.
+
+    `shown` is false before the rules' `show_from_step`, and for a client who is not a
+    business (the indemnity is owed by businesses only).
+    """
+
+    rate: Decimal = Decimal("12.15")  # percent a year
+    penalties: Decimal = Decimal("0.00")
+    indemnity: Decimal = Decimal("40.00")
+    total: Decimal = Decimal("0.00")  # balance + penalties + indemnity
+    shown: bool = False
+
+
+@dataclass(frozen=True)
 class NoticeVars:
     """What an owner notice reports, beyond the case itself.
 
@@ -255,6 +270,7 @@ def template_context(
     attachments: Sequence[str] = (),
     penalty_rate_text: str | None = None,
     others: Sequence[Case] = (),
+    late: LateVars | None = None,
 ) -> dict[str, object]:
     """The variables a template sees for one case.
 
@@ -296,6 +312,7 @@ def template_context(
         "indemnity": RECOVERY_INDEMNITY,
         "penalty_rate_text": penalty_rate_text or PENALTY_RATE_TEXT[language],
         "attachments": tuple(attachments),
+        "late": late if late is not None else LateVars(),
         "notice": notice if notice is not None else NoticeVars(kind=""),
         "now": now,
         "today": today,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import time
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -155,6 +156,27 @@ class ClientProfile(BaseModel):
         return False
 
 
+class LatePayment(BaseModel):
+    """French late-payment law (art. L441-10 and D441-5 Code de commerce), computed.
+
+    Penalties run from the day after the due date at the ECB's main refinancing rate in
+    force (set on 1 January and 1 July) plus `margin` points, prorata temporis; the fixed
+    recovery indemnity applies to business clients only.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ecb_rate: Decimal = Field(default=Decimal("2.15"), ge=0, le=50)
+    margin: Decimal = Field(default=Decimal("10"), ge=0, le=50)
+    indemnity: Decimal = Field(default=Decimal("40"), ge=0)
+    business_clients: bool = True
+    show_from_step: int = Field(default=4, ge=1)  # amounts stated from this step on
+
+    @property
+    def rate(self) -> Decimal:
+        return self.ecb_rate + self.margin
+
+
 _AFTER_REPLY = re.compile(r"^\s*pause(?:\s+(?P<offset>.+?))?\s*$", re.IGNORECASE)
 
 
@@ -188,6 +210,7 @@ class Rules(BaseModel):
     after_reply: str = "pause"
     # An out-of-office: "wait" for the return date it states, or "continue".
     after_auto_reply: Literal["wait", "continue"] = "wait"
+    late_payment: LatePayment = LatePayment()
 
     _check_after_reply = field_validator("after_reply", mode="before")(_after_reply)
 
