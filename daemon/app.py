@@ -761,10 +761,11 @@ def _missing(case: Case) -> list[str]:
 
 
 def _bounce_addresses(raw: bytes) -> frozenset[bytes]:
-    """Failed recipients of a DSN, by Mailman's bounce detectors (flufl.bounce)."""
+    """Permanently failed recipients of a DSN, by Mailman's detectors (flufl.bounce)."""
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
-        return frozenset(all_failures(message))
+        _temporary, permanent = all_failures(message)
+        return frozenset(permanent)  # a delay warning flags nothing
     except Exception:  # the detectors raise on some broken DSNs; a bounce is still a bounce
         return frozenset()
 

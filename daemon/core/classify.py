@@ -23,13 +23,15 @@ class Kind(StrEnum):
 
 _OOO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response)|r[ée]ponse automatique|out of (the )?office|"
-    r"absen(ce|t)\b|auto:|autoreply|abwesen|i am away|je suis absent|en cong[ée]s?)",
+    r"absen(ce|te?)\b(?!\s+d[e'’])|auto:|autoreply|abwesen|i am away|je suis absente?|"
+    r"en cong[ée]s?)",
     re.IGNORECASE,
 )
 _BOUNCE_SENDER = re.compile(r"^(mailer-daemon|postmaster)@", re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
     r"(undeliver|delivery status notification|returned mail|delivery failure|"
-    r"non remis|non distribu|échec de (la )?remise|mail delivery failed)",
+    r"delivery (has )?failed|delivery notification|non remis|non distribu|"
+    r"échec de (la )?remise|mail delivery failed)",
     re.IGNORECASE,
 )
 
@@ -40,7 +42,11 @@ def is_own(mail: Mail) -> bool:
 
 
 def is_auto_reply(mail: Mail) -> bool:
-    """RFC 3834 `Auto-Submitted` other than `no`, the common vendor headers, OOO subjects."""
+    """RFC 3834 `Auto-Submitted` other than `no`, the common vendor headers, OOO subjects,
+    and read receipts (RFC 8098): a client's mail program saying it was opened is no answer.
+    """
+    if "disposition-notification" in mail.headers.get("content-type", "").lower():
+        return True
     auto = mail.headers.get("auto-submitted", "").strip().lower()
     if auto and not auto.startswith("no"):
         return True
@@ -56,9 +62,11 @@ def is_bounce(mail: Mail) -> bool:
     content_type = mail.headers.get("content-type", "").lower()
     if "multipart/report" in content_type and "delivery-status" in content_type:
         return True
-    return bool(_BOUNCE_SENDER.match(mail.from_addr)) and bool(
-        _BOUNCE_SUBJECT.search(mail.subject) or not mail.from_name
-    )
+    null_sender = mail.headers.get("return-path", "").strip() == "<>"
+    daemon_sender = bool(_BOUNCE_SENDER.match(mail.from_addr))
+    if not (daemon_sender or null_sender):
+        return False
+    return bool(_BOUNCE_SUBJECT.search(mail.subject)) or (daemon_sender and not mail.from_name)
 
 
 def classify(mail: Mail, firm: Firm) -> Kind:
