@@ -32,7 +32,7 @@ import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -113,7 +113,7 @@ def safe_name(name: str, fallback: str = "file") -> str:
     text = unicodedata.normalize("NFC", str(name))
     text = re.split(r"[/\\]", text)[-1]
     text = "".join(c if c.isprintable() else "_" for c in text)
-    text = _NAME_JUNK.sub("_", text).strip("._ ")
+    text = re.sub("_+", "_", _NAME_JUNK.sub("_", text)).strip("._ ")
     if not text:
         return fallback
     if len(text) > _MAX_NAME:
@@ -128,7 +128,7 @@ def safe_name(name: str, fallback: str = "file") -> str:
 def bundle_base_name(number: str) -> str:
     """The directory name for an invoice number; a short hash tells apart numbers that
     only differ in characters a file name cannot hold ("F/1" and "F:1")."""
-    cleaned = safe_name(number, "case")
+    cleaned = safe_name(re.sub(r"[/\\]", "_", number), "case")  # "F/2026/1": keep it all
     if cleaned == number:
         return cleaned
     digest = hashlib.sha256(number.encode("utf-8")).hexdigest()[:8]
@@ -205,9 +205,7 @@ def dkim_check(raw: bytes, checked_at: datetime, dnsfunc: DnsFunc | None = None)
 
 
 def _check_signature(raw: bytes, idx: int, dnsfunc: DnsFunc | None) -> dict[str, Any]:
-    logger = logging.getLogger(f"relance.dkim.{id(raw)}.{idx}")
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG)
+    logger = logging.Logger("relance.dkim")  # unregistered: one per check, then gone
     collected = _Collect()
     logger.addHandler(collected)
     dns_failed: list[str] = []
@@ -245,8 +243,6 @@ def _check_signature(raw: bytes, idx: int, dnsfunc: DnsFunc | None) -> dict[str,
     except Exception as exc:  # malformed signature, DNS timeout, broken key...
         record.setdefault("result", "temperror" if dns_failed else "permerror")
         record["detail"] = dns_failed[-1] if dns_failed else f"{type(exc).__name__}: {exc}"
-    finally:
-        logger.removeHandler(collected)
     return record
 
 
@@ -298,12 +294,15 @@ def write_bundle(
     firm: Firm | None = None,
     documents: Sequence[Attachment] = (),
     dnsfunc: DnsFunc | None = None,
+    tz: tzinfo | None = None,
 ) -> Written:
     """Write one case's bundle and seal it on the ledger; see the module docstring.
 
     `dkim_results` are records kept when each client message arrived (`dkim_check`), by
     Message-ID; a client message without one is verified now and marked so. `documents`
-    are other papers of the case (the formal-notice letter, a scanned receipt).
+    are other papers of the case (the formal-notice letter, a scanned receipt). `tz` is
+    the firm's time zone (config.tz) for the timeline; `now`'s own zone by default, which
+    is wrong across a daylight-saving change when `now` carries a fixed offset.
     """
     if now.tzinfo is None:
         raise ValueError("write_bundle: `now` must carry a time zone")
@@ -322,6 +321,11 @@ def write_bundle(
             name = "invoice/" + _unique(safe_name(pdf.filename, "invoice.pdf"), taken)
             files[name] = pdf.data
             invoice_files.append(name)
+        previous = _latest_line(lines, case.number)
+        if previous is not None:  # a new bundle never drops an earlier one's papers
+            given = {d.data for d in documents}
+            carried = _documents_of(evidence_dir, str(previous["bundle"]))
+            documents = [*(d for d in carried if d.data not in given), *documents]
         document_files = []
         for doc in documents:
             name = "documents/" + _unique(safe_name(doc.filename, "document"), taken)
@@ -329,10 +333,8 @@ def write_bundle(
             document_files.append(name)
         files[JOURNAL_FILE] = _journal_bytes(journal_entries)
 
-        evidence_digests = {path: _sha256(data) for path, data in files.items()}
-        previous = _latest_line(lines, case.number)
         if previous is not None:
-            same = _same_evidence(evidence_dir / previous["bundle"], evidence_digests)
+            same = _same_evidence(evidence_dir / previous["bundle"], files, journal_entries)
             if same:
                 return Written(evidence_dir / previous["bundle"], previous["manifest_sha256"],
                                previous["hash"], previous["seq"], new=False)
@@ -340,8 +342,10 @@ def write_bundle(
         dkim_doc = _dkim_document(infos, dkim_results, now, dnsfunc)
         files[DKIM_FILE] = _json_bytes(dkim_doc)
         name = _bundle_name(evidence_dir, case.number, lines)
-        files[TIMELINE_FILE] = render_timeline(case, infos, journal_entries, dkim_doc, firm,
-                                               invoice_files, document_files, now).encode()
+        files[TIMELINE_FILE] = render_timeline(
+            case, infos, journal_entries, dkim_doc, firm, invoice_files, document_files, now,
+            tz or now.tzinfo,
+        ).encode()
         files[SUMS_FILE] = "".join(
             f"{_sha256(files[p])}  {p}\n" for p in sorted(files)
         ).encode()
@@ -354,6 +358,32 @@ def write_bundle(
         manifest_digest = _sha256(manifest_bytes)
         entry = _append_ledger(evidence_dir, lines, name, case.number, manifest_digest, now)
         return Written(final, manifest_digest, entry["hash"], entry["seq"], new=True)
+
+
+def _documents_of(evidence_dir: Path, bundle: str) -> list[Attachment]:
+    """The papers of an earlier bundle, checked against its manifest before they are
+    sealed again: carrying forward an altered file would launder it."""
+    if safe_name(bundle, "") != bundle:
+        raise EvidenceError(f"{LEDGER_FILE} names an unsafe bundle path {bundle!r}")
+    directory = evidence_dir / bundle
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_bytes())
+        listed = {p: v["sha256"] for p, v in manifest["files"].items()
+                  if p.startswith("documents/")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    papers = []
+    for relative, digest in sorted(listed.items()):
+        try:
+            data = _inside(directory, relative).read_bytes()
+        except OSError:
+            data = b""
+        if _sha256(data) != digest:
+            raise EvidenceError(f"{bundle}/{relative} does not match its manifest; not "
+                                "carried into a new bundle (run `relance evidence verify`)")
+        papers.append(Attachment(relative.removeprefix("documents/"),
+                                 "application/octet-stream", data))
+    return papers
 
 
 def _message_infos(
@@ -545,18 +575,38 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _same_evidence(bundle: Path, digests: Mapping[str, str]) -> bool:
-    """Whether an earlier bundle already holds exactly these messages, PDFs and journal."""
+def _same_evidence(
+    bundle: Path, files: Mapping[str, bytes], entries: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether an earlier bundle already holds exactly these messages, PDFs and journal.
+
+    The journal is compared without its "evidence-written" entries, which only record
+    earlier seals: sealing the same thread twice must give the same bundle.
+    """
     try:
         manifest = json.loads((bundle / MANIFEST_FILE).read_bytes())
-        listed = manifest["files"]
         kept = {
-            p: v["sha256"] for p, v in listed.items()
-            if p.startswith(("messages/", "invoice/", "documents/")) or p == JOURNAL_FILE
+            p: v["sha256"] for p, v in manifest["files"].items()
+            if p.startswith(("messages/", "invoice/", "documents/"))
         }
+        stored = (bundle / JOURNAL_FILE).read_bytes()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    return kept == dict(digests)
+    wanted = {p: _sha256(d) for p, d in files.items()
+              if p.startswith(("messages/", "invoice/", "documents/"))}
+    return kept == wanted and _without_seals(stored) == _without_seals(_journal_bytes(entries))
+
+
+def _without_seals(journal: bytes) -> list[bytes]:
+    lines = []
+    for line in journal.splitlines():
+        try:
+            if json.loads(line).get("event") == "evidence-written":
+                continue
+        except (ValueError, AttributeError):
+            pass
+        lines.append(line)
+    return lines
 
 
 def _bundle_name(evidence_dir: Path, number: str, lines: Sequence[Mapping[str, Any]]) -> str:
@@ -713,7 +763,12 @@ def latest_bundle(evidence_dir: Path, number: str) -> Path | None:
                 if isinstance(entry, dict):
                     lines.append(entry)
     entry = _latest_line(lines, number)
-    return None if entry is None else Path(evidence_dir) / str(entry["bundle"])
+    if entry is None:
+        return None
+    name = str(entry.get("bundle", ""))
+    if not name or safe_name(name, "") != name:
+        raise EvidenceError(f"{LEDGER_FILE}: case {number} names an unsafe bundle path {name!r}")
+    return Path(evidence_dir) / name
 
 
 # -- verifying -------------------------------------------------------------------------
@@ -966,37 +1021,53 @@ _EVENTS = {
     "evidence-written": "Dossier de preuve scellé",
     "thread-archived": "Fil archivé dans la boîte aux lettres",
 }
+_DETAIL_NAMES = {
+    "smtp_reply": "réponse du serveur d'envoi", "message_id": "Message-ID", "step": "étape",
+    "step_name": "nom de l'étape", "amount": "montant", "currency": "devise",
+    "due": "échéance", "client": "client", "sender": "expéditeur", "state": "état",
+    "via": "par", "folder": "dossier", "moved": "messages déplacés", "copied": "copiés",
+    "method": "méthode", "source": "source des faits", "subject": "objet", "to": "à",
+    "paid": "réglé", "sent_on": "posté le", "balance": "reste dû", "days_late": "jours de retard",
+    "reason": "motif", "channel": "canal", "kind": "type", "status": "statut",
+    "failed": "adresses refusées", "bundle": "dossier de preuve", "paused_until": "pause jusqu'au",
+}
+_DKIM_WORDS = {"pass": "signature valide", "fail": "signature invalide",
+               "none": "message non signé", "temperror": "clé de signature introuvable",
+               "permerror": "signature illisible"}
 _DIRECTION = {"firm": "Entreprise → client", "client": "Client → entreprise",
               "other": "Tiers"}
 _CSS = """
-body{font:15px/1.45 Georgia,'DejaVu Serif',serif;color:#1d1d1d;background:#fff;
-max-width:60em;margin:1.5em auto;padding:0 1em}
-h1{font-size:1.5em;margin:.2em 0}
-table.facts{border-collapse:collapse;margin:.6em 0 1em}
-table.facts th{text-align:left;font-weight:normal;color:#555;padding:.1em 1.2em .1em 0}
-table.facts td{padding:.1em 0}
-ol.timeline{list-style:none;padding:0;margin:0;border-left:3px solid #c9c9c9}
-ol.timeline>li{margin:0 0 1em 0;padding:.5em .8em .6em 1.2em;position:relative}
-ol.timeline>li:before{content:"";position:absolute;left:-.55em;top:.85em;width:.8em;
-height:.8em;border-radius:50%;background:#888}
+body{font:14px/1.4 Georgia,'DejaVu Serif',serif;color:#1d1d1d;background:#fff;
+max-width:62em;margin:1.2em auto;padding:0 1em}
+h1{font-size:1.35em;margin:.1em 0 .4em}
+dl.facts{display:grid;grid-template-columns:9.5em 1fr 9.5em 1fr;gap:.1em .8em;margin:0 0 .6em}
+dl.facts dt{color:#666}
+dl.facts dd{margin:0}
+ol.timeline{list-style:none;padding:0;margin:.8em 0 0;border-left:3px solid #c9c9c9}
+ol.timeline>li{margin:0 0 .55em .9em;padding:.35em .7em .4em;position:relative}
+ol.timeline>li:before{content:"";position:absolute;left:-1.4em;top:.7em;width:.7em;
+height:.7em;border-radius:50%;background:#888}
 li.firm:before{background:#1f5fa8!important}
 li.client:before{background:#b5651d!important}
-li.event:before{background:#fff!important;border:2px solid #888;width:.5em;height:.5em}
-li.msg{background:#f6f6f3;border-radius:4px}
-li.client{background:#fbf1e6}
+li.event{padding-top:.1em;padding-bottom:.1em}
+li.event:before{background:#fff!important;border:2px solid #999;width:.45em;height:.45em}
+li.msg{background:#f3f5f8;border-radius:4px;border-left:3px solid #1f5fa8}
+li.client{background:#fbf1e6;border-left-color:#b5651d}
+li.other{border-left-color:#888}
 .when{font-weight:bold}
-.who{color:#555;margin-left:.6em}
-.subject{font-size:1.05em;margin:.2em 0}
-dl.meta{display:grid;grid-template-columns:9em 1fr;margin:.3em 0;font-size:.88em}
+.who{color:#555;margin:0 .6em}
+.subject{font-style:italic}
+dl.meta{display:grid;grid-template-columns:11em 1fr;margin:.25em 0;font-size:.84em;
+line-height:1.3}
 dl.meta dt{color:#666}
 dl.meta dd{margin:0;word-break:break-all}
-blockquote{margin:.4em 0;padding:.3em .8em;border-left:3px solid #bbb;white-space:pre-wrap;
-font-family:'DejaVu Sans',Arial,sans-serif;font-size:.88em;background:#fff}
-.att{font-size:.9em}
-.event .what{font-style:italic}
-.small{font-size:.85em;color:#555}
+blockquote{margin:.3em 0;padding:.25em .7em;border-left:3px solid #bbb;white-space:pre-wrap;
+font-family:'DejaVu Sans',Arial,sans-serif;font-size:.84em;background:#fff}
+.att{font-size:.86em;margin:.2em 0}
+.event .what{font-style:italic;margin-left:.2em}
+.small{font-size:.8em;color:#555}
 code{font-size:.9em}
-footer{margin-top:2em;border-top:1px solid #ccc;padding-top:.6em;font-size:.85em;color:#444}
+footer{margin-top:1.5em;border-top:1px solid #ccc;padding-top:.5em;font-size:.82em;color:#444}
 """
 
 
@@ -1005,7 +1076,7 @@ def _fr_date(value: date) -> str:
     return f"{day} {_MONTHS[value.month - 1]} {value.year}"
 
 
-def _fr_datetime(value: datetime, tz: Any) -> str:
+def _fr_datetime(value: datetime, tz: tzinfo | None) -> str:
     local = value.astimezone(tz) if value.tzinfo else value
     return f"{_fr_date(local.date())} à {local:%H:%M}"
 
@@ -1033,10 +1104,10 @@ def render_timeline(
     invoice_files: Sequence[str],
     document_files: Sequence[str],
     now: datetime,
+    tz: tzinfo | None,
 ) -> str:
     """A page a judge can read: who wrote what, when, with what attached; and what the
     daemon did. Everything from mail is escaped; there is no script."""
-    tz = now.tzinfo
     e = html.escape
     dkim_by_file = {row["file"]: row for row in dkim_doc.get("messages", ())}
     items: list[tuple[datetime, int, str]] = []
@@ -1063,7 +1134,7 @@ def render_timeline(
         ("État", _STATES.get(case.state.value, case.state.value)
          + (f" — {case.reason}" if case.reason else "")),
     ]
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
+    rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts)
     papers = [f'<a href="{e(p)}">{e(p)}</a>' for p in (*invoice_files, *document_files)]
     return (
         "<!DOCTYPE html>\n<html lang=\"fr\"><head><meta charset=\"utf-8\">"
@@ -1071,7 +1142,7 @@ def render_timeline(
         f"<style>{_CSS}</style></head><body>\n"
         f"<header><div class=\"small\">{e(firm_name)}</div>"
         f"<h1>Chronologie de la facture n° {e(case.number)}</h1>"
-        f"<table class=\"facts\">{rows}</table>"
+        f"<dl class=\"facts\">{rows}</dl>"
         + (f"<p class=\"att\">Pièces : {', '.join(papers)}</p>" if papers else "")
         + "</header>\n<ol class=\"timeline\">\n"
         + "\n".join(item for _, _, item in items)
@@ -1086,7 +1157,9 @@ def render_timeline(
     )
 
 
-def _message_item(info: _MessageInfo, dkim_by_file: Mapping[str, Any], tz: Any) -> str:
+def _message_item(
+    info: _MessageInfo, dkim_by_file: Mapping[str, Any], tz: tzinfo | None
+) -> str:
     e = html.escape
     head = info.head
     mail = info.full or head
@@ -1105,8 +1178,9 @@ def _message_item(info: _MessageInfo, dkim_by_file: Mapping[str, Any], tz: Any) 
                             if s.get("d"))
         checked = "à réception" if row.get("checked") == "on-arrival" else \
             "à l'établissement du dossier"
-        meta.append(("DKIM", f"{row.get('result')}{' (' + signers + ')' if signers else ''}"
-                             f", vérifié {checked}"))
+        result = str(row.get("result"))
+        meta.append(("DKIM", f"{_DKIM_WORDS.get(result, result)} ({result}"
+                             f"{', ' + signers if signers else ''}), vérifié {checked}"))
     dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in meta)
     attachments = [
         f"{e(a.filename)} ({e(_size(len(a.data)))}, SHA-256 "
@@ -1115,30 +1189,31 @@ def _message_item(info: _MessageInfo, dkim_by_file: Mapping[str, Any], tz: Any) 
     ]
     att = (f"<p class=\"att\">Pièces jointes : {'; '.join(attachments)}</p>"
            if attachments else "<p class=\"att\">Aucune pièce jointe.</p>")
-    excerpt = reply_excerpt(mail.text, max_lines=12, max_chars=900) if mail.text else ""
+    excerpt = reply_excerpt(mail.text, max_lines=8, max_chars=600) if mail.text else ""
+    excerpt = re.sub(r"\n\s*\n+", "\n", excerpt)  # the whole text is in the .eml
     quote = f"<blockquote>{e(excerpt)}</blockquote>" if excerpt.strip() else ""
     return (
         f"<li class=\"msg {e(info.direction)}\"><span class=\"when\">{e(when)}</span>"
         f"<span class=\"who\">{e(_DIRECTION.get(info.direction, info.direction))}</span>"
-        f"<div class=\"subject\">{e(head.subject or '(sans objet)')}</div>"
+        f"<span class=\"subject\">{e(head.subject or '(sans objet)')}</span>"
         f"<dl class=\"meta\">{dl}</dl>{att}{quote}"
         f"<div class=\"small\">Message original : <a href=\"{e(info.file)}\">"
         f"{e(info.file)}</a></div></li>"
     )
 
 
-def _event_item(entry: Mapping[str, Any], tz: Any) -> str:
+def _event_item(entry: Mapping[str, Any], tz: tzinfo | None) -> str:
     e = html.escape
     when = _parse_instant(entry.get("at"))
     name = str(entry.get("event", ""))
     label = _EVENTS.get(name, name)
     details = {k: v for k, v in entry.items()
                if k not in ("at", "case", "event", "dkim") and v not in (None, "", [], {})}
-    shown = "; ".join(f"{k} : {_detail(v)}" for k, v in details.items())
+    shown = "; ".join(f"{_DETAIL_NAMES.get(k, k)} : {_detail(v)}" for k, v in details.items())
     return (
         f"<li class=\"event\"><span class=\"when\">{e(_fr_datetime(when, tz) if when else '')}"
         f"</span><span class=\"who\">relance</span>"
-        f"<div class=\"what\">{e(label)}</div>"
+        f"<span class=\"what\">{e(label)}</span>"
         + (f"<div class=\"small\">{e(shown)}</div>" if shown else "")
         + "</li>"
     )
