@@ -20,11 +20,12 @@ from typing import Any
 
 from flufl.bounce import all_failures
 
+from relance.archive import SEAL_STATES, cases_to_seal, close_case
 from relance.config import Config
 from relance.core import compose
 from relance.core.classify import Kind, classify, stated_return
 from relance.core.extract import due_date_for, extract_invoices_with_notes, looks_like_invoice
-from relance.core.letter import late_penalties
+from relance.core.letter import formal_notice_for, late_penalties, render_formal_notice
 from relance.core.schedule import (
     BusinessCalendar,
     client_key,
@@ -51,6 +52,7 @@ from relance.model import (
 )
 from relance.rules.load import load_rules
 from relance.rules.model import Rules, Step
+from relance.store.evidence import EvidenceError, safe_name
 from relance.store.journal import Journal
 from relance.store.secret import load_or_create_secret
 from relance.store.state import Cursor, StateStore, Transaction
@@ -102,6 +104,7 @@ class Notice:
     template: str
     case: Case | None
     extra: dict[str, Any] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Daemon:
@@ -113,6 +116,8 @@ class Daemon:
         self.journal = journal
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self.secret = load_or_create_secret(store.state_dir)
+        # Letters made this run, kept for the case's evidence bundle.
+        self._letters: dict[str, tuple[Attachment, ...]] = {}
 
     @property
     def config(self) -> Config:
@@ -136,6 +141,7 @@ class Daemon:
         for folder in (sent_folder, "INBOX"):
             self.sync_folder(mailbox, folder, now, notices)
         self.act(mailbox, sent_folder, now, notices)
+        self.seal_closed(mailbox, now)
         self.send_notices(notices, now)
 
     # -- sync -------------------------------------------------------------------------
@@ -624,10 +630,51 @@ class Daemon:
                    step_name=decision.step_name, channel=decision.channel.value)
         template = ("notice-formal-notice" if decision.channel is Channel.LETTER
                     else "notice-task")
-        notices.append(Notice(decision.channel.value, template, case, {
+        attachments: tuple[Attachment, ...] = ()
+        detail = ""
+        if decision.channel is Channel.LETTER:
+            letter = self.letter(fresh, now)
+            attachments = (letter,) if letter is not None else ()
+            self._letters[case.number] = attachments
+            if letter is None:
+                detail = "the letter could not be made: see the journal"
+        notices.append(Notice(decision.channel.value, template, fresh, {
             "letter": rendered, "step_name": decision.step_name,
-            "step_index": decision.step_index,
-        }))
+            "step_index": decision.step_index, "detail": detail,
+        }, attachments))
+
+    def letter(self, case: Case, now: datetime) -> Attachment | None:
+        """The formal notice as a PDF to print and send by registered post."""
+        law = self.rt.rules.late_payment
+        try:
+            notice = formal_notice_for([case], self.rt.firm, now.astimezone(self.config.tz).date(),
+                                       ecb_rate=law.ecb_rate)
+            made = render_formal_notice(notice)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.event(now, "letter-failed", case.number, reason=f"{type(exc).__name__}: {exc}")
+            return None
+        self.event(now, "letter-made", case.number, total=made.total, penalties=made.penalties,
+                   to_fill=list(made.to_fill) or None)
+        return Attachment(f"mise-en-demeure-{safe_name(case.number)}.pdf", "application/pdf",
+                          made.pdf)
+
+    # -- evidence ---------------------------------------------------------------------
+    def seal_closed(self, mailbox: Mailbox, now: datetime) -> None:
+        """Archive and seal every case that closed (paid, stopped, letter) with news since
+        its last bundle: the evidence a lawyer needs, written as soon as it exists."""
+        with self.store.reading() as view:
+            cases = view.cases()
+        if not any(c.state in SEAL_STATES for c in cases.values()):
+            return
+        for number in cases_to_seal(cases, self.journal.entries()):
+            try:
+                close_case(mailbox, cases[number], self.journal, self.config.evidence_dir, now,
+                           firm=self.rt.firm, documents=self._letters.pop(number, ()),
+                           tz=self.config.tz, record=self.event)
+            except IMAP_ERRORS:
+                raise
+            except (EvidenceError, OSError) as exc:
+                self.event(now, "evidence-failed", number, reason=f"{type(exc).__name__}: {exc}")
 
     def _step(self, case: Case, decision: Decision) -> Step:
         return self.rt.rules.steps_for(case.client_addrs)[decision.step_index - 1]
@@ -694,15 +741,18 @@ class Daemon:
         if case is None:
             raise ValueError(f"notice {notice.kind} names no case")
         notice_vars = compose.notice_vars(notice.kind, **notice.extra)
-        context = compose.template_context(case, None, self.rt.firm, now, case.steps,
-                                           notice=notice_vars)
+        context = compose.template_context(
+            case, None, self.rt.firm, now, case.steps, notice=notice_vars,
+            attachments=[a.filename for a in notice.attachments],
+        )
         rendered = self.rt.templates.render(notice.template, case.language, context)
         message_id = compose.notice_message_id(
             case.number, notice.kind, now + timedelta(microseconds=position), self.rt.firm.domain,
             self.secret,
         )
         return compose.build_owner_notice(self.rt.firm, rendered.subject, rendered.text, now,
-                                          message_id, case, kind=notice.kind)
+                                          message_id, case, kind=notice.kind,
+                                          attachments=notice.attachments)
 
     # -- the daemon -------------------------------------------------------------------
     def next_wake(self, now: datetime) -> datetime:

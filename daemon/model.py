@@ -102,6 +102,7 @@ class InvoiceFacts:
     source: str = "mail"  # "factur-x" | "pdf" | "mail": the most trusted that gave facts
     missing: tuple[str, ...] = ()
     disagreements: tuple[str, ...] = ()  # "amount: pdf 1200.00 != mail 1100.00"
+    notes: tuple[str, ...] = ()  # for the owner: "facture.pdf: encrypted PDF, cannot read it"
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 Bytes in, values out: no files, no network, no clock. Everything here is bounded and never
 raises on bad input, because a client's broken PDF must not stop the daemon: a PDF that is
-too big, encrypted or corrupt gives a `Document` with a note instead of an exception.
+too big, encrypted or corrupt gives a `Document` with a note instead of an exception. Memory
+is bounded too: pypdf inflates no stream beyond `MAX_STREAM_BYTES` while we read (a PDF
+"zip bomb" costs a note, not a gigabyte).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -16,6 +20,7 @@ from fnmatch import fnmatch
 from typing import Any
 
 import facturx
+import pypdf
 from lxml import etree
 from pypdf import PdfReader
 
@@ -25,6 +30,7 @@ MAX_PDF_BYTES = 20 * 1024 * 1024  # invoices are small; bigger is a scan or an a
 MAX_PAGES = 20  # the facts are on the first pages; the rest is annexes
 MAX_TEXT_CHARS = 200_000
 MAX_XML_BYTES = 5 * 1024 * 1024
+MAX_STREAM_BYTES = 16 * 1024 * 1024  # one inflated stream: a page of text is kilobytes
 
 # Embedded names used by the standards, most specific first; any other *.xml comes last.
 _EMBEDDED_XML_NAMES = ("factur-x.xml", "zugferd-invoice.xml", "xrechnung.xml", "*.xml")
@@ -47,6 +53,7 @@ class XmlFacts:
     terms_text: str | None  # BT-20 as written ("Paiement à 30 jours"); parsed by extract
     client_name: str | None
     flavor: str
+    refers_to: tuple[str, ...] = ()  # BG-3: the invoice a credit note or correction names
 
 
 @dataclass(frozen=True)
@@ -94,17 +101,39 @@ def read_pdf(data: bytes, filename: str = "") -> Document:
     # pypdf raises many exception types on broken files (and RecursionError on loops);
     # one bad attachment must only cost a note.
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not _decrypt_with_empty_password(reader):
-            return Document(name, notes=(f"{name}: encrypted PDF, cannot read it",))
-        xml, xml_notes = _embedded_invoice_xml(reader, name)
-        notes.extend(xml_notes)
-        text = _pdf_text(reader, name, notes)
+        with _bounded_pypdf():
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not _decrypt_with_empty_password(reader):
+                return Document(name, notes=(f"{name}: encrypted PDF, cannot read it",))
+            xml, xml_notes = _embedded_invoice_xml(reader, name)
+            notes.extend(xml_notes)
+            text = _pdf_text(reader, name, notes)
+            pages = len(reader.pages)
     except Exception as exc:  # see above
         return Document(name, notes=(f"{name}: unreadable PDF ({_short(exc)})",))
-    if len(reader.pages) > MAX_PAGES:
-        notes.append(f"{name}: only the first {MAX_PAGES} of {len(reader.pages)} pages read")
+    if pages > MAX_PAGES:
+        notes.append(f"{name}: only the first {MAX_PAGES} of {pages} pages read")
+    if not text.strip() and xml is None:
+        notes.append(f"{name}: no text in the PDF (a scan?); its facts must come from the mail")
     return Document(name, text=text, xml=xml, notes=tuple(notes))
+
+
+@contextlib.contextmanager
+def _bounded_pypdf() -> Iterator[None]:
+    """Tighter pypdf limits for this read only (pypdf >= 7 scopes them to the context)."""
+    apply_configuration = getattr(pypdf, "apply_configuration", None)
+    if apply_configuration is None:  # older pypdf: its own 75 MB limits still hold
+        yield
+        return
+    with apply_configuration(
+        zlib_maximum_output_length=MAX_STREAM_BYTES,
+        lzw_maximum_output_length=MAX_STREAM_BYTES,
+        run_length_maximum_output_length=MAX_STREAM_BYTES,
+        array_based_stream_maximum_output_length=MAX_STREAM_BYTES,
+        stream_decoding_work_maximum_length=4 * MAX_STREAM_BYTES,
+        image_maximum_buffer_size=MAX_STREAM_BYTES,
+    ):
+        yield
 
 
 def read_xml(data: bytes, filename: str = "") -> Document:
@@ -157,6 +186,12 @@ def _xml_facts(data_dict: dict[str, Any], flavor: str, name: str) -> tuple[XmlFa
     buyer = data_dict.get("BG-7")
     client_name = buyer.get("name") if isinstance(buyer, dict) else None
     number = data_dict.get("BT-1")
+    preceding = data_dict.get("BG-3")
+    refers_to = tuple(
+        reference
+        for entry in (preceding if isinstance(preceding, list) else [])
+        if isinstance(entry, dict) and (reference := _text(entry.get("BT-25")))
+    )
     facts = XmlFacts(
         number=str(number).strip() if number else None,
         kind=kind,
@@ -167,18 +202,35 @@ def _xml_facts(data_dict: dict[str, Any], flavor: str, name: str) -> tuple[XmlFa
         terms_text=_text(data_dict.get("BT-20")),
         client_name=_text(client_name),
         flavor=flavor,
+        refers_to=refers_to,
     )
     return facts, ""
 
 
 def _embedded_invoice_xml(reader: PdfReader, name: str) -> tuple[XmlFacts | None, list[str]]:
+    """The first embedded file that is an invoice XML; each file read (and inflated) only
+    when its name fits, and a broken one costs a note, not the PDF's text."""
     notes: list[str] = []
-    embedded = [(a.name or "", a.content) for a in reader.attachment_list]
+    try:
+        embedded = list(reader.attachment_list)
+    except Exception as exc:  # a broken name tree: read the text anyway
+        return None, [f"{name}: embedded files unreadable ({_short(exc)})"]
     for pattern in _EMBEDDED_XML_NAMES:
-        for embedded_name, content in embedded:
-            if not content or not fnmatch(embedded_name.lower(), pattern):
+        for file in embedded:
+            embedded_name = file.name or ""
+            if not fnmatch(embedded_name.lower(), pattern):
                 continue
-            facts, note = parse_invoice_xml(content, f"{name}/{embedded_name}")
+            label = f"{name}/{embedded_name}"
+            try:
+                content = file.content
+            except Exception as exc:  # a stream that inflates past the limit, or garbage
+                note = f"{label}: embedded XML unreadable ({_short(exc)})"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            if not content:
+                continue
+            facts, note = parse_invoice_xml(content, label)
             if facts is not None:
                 return facts, notes
             if note and note not in notes:

@@ -6,6 +6,12 @@ per fact; where a less trusted one says something else, the disagreement is reco
 owner can see it. Text is matched on a folded copy (accents and odd spaces made plain, one
 character for one) so that "Échéance" and "Echeance", "1 234,56" with a no-break space and
 with a plain one, read the same.
+
+Each invoice also carries notes for the owner: an attachment that could not be read (and
+why), and the invoice a credit note credits or a corrected invoice replaces ("AV-3 credits
+invoice F-12"). What is not a new invoice gives []: a quote, an order, a reminder, a reply,
+a payment notice, a statement, someone else's invoice forwarded, a mere mention.
+`tests/corpus/` holds the mails this is measured on (`python -m tests.corpus.report`).
 """
 
 from __future__ import annotations
@@ -54,9 +60,14 @@ def _fold(text: str) -> str:
 _TOKEN = r"(?=[A-Z0-9._/-]*\d)[A-Z0-9](?:[A-Z0-9]|[._/-](?=[A-Z0-9])){0,39}"
 _KEYWORD = r"factures?|invoices?|avoirs?|credit[ -]?notes?|notes? de credit"
 _MARKER = r"n ?°|no\b\.?|nr\b\.?|numero\b|num\b\.?|number\b|ref(?:erence)?\b\.?|#"
+# "Facture rectificative n° F-2", "Facture d'acompte FA-3", "Final invoice INV-4"
+_QUALIFIER = (
+    r"rectificative|corrective|corrigee|d'acompte|de solde|finale?|definitive|originale?"
+    r"|d'avoir|commerciale|corrected|deposit|final"
+)
 _NUMBER_RE = re.compile(
-    rf"\b(?P<kw>{_KEYWORD})\b[ \t]*\n?[ \t]*(?P<mark>{_MARKER})?[ \t]*(?P<colon>[:#])?\s*"
-    rf"(?P<num>{_TOKEN})",
+    rf"\b(?P<kw>{_KEYWORD})\b(?:[ \t]+(?P<qual>{_QUALIFIER})\b)?[ \t]*\n?[ \t]*\(?"
+    rf"(?P<mark>{_MARKER})?[ \t]*(?P<colon>[:#])?\s*(?P<num>{_TOKEN})",
     re.IGNORECASE,
 )
 # "N° de facture : F-2026-0042", "Numéro d'avoir AV-3"
@@ -82,6 +93,7 @@ class _NumberHit:
     kind: str  # "invoice" | "credit_note"
     start: int
     end: int
+    labelled: bool = False  # a field ("N° de facture : F-12"), not a phrase ("la facture F-12")
 
 
 def _kind_of(keyword: str) -> str:
@@ -113,7 +125,12 @@ def _number_hits(original: str, folded: str, with_lists: bool = False) -> list[_
             if not _acceptable_token(folded, original, match, marked):
                 continue
             kind = _kind_of(match.group("kw"))
-            hits.append(_NumberHit(match.group("num"), kind, match.start(), match.end()))
+            if (match.groupdict().get("qual") or "").lower() == "d'avoir":
+                kind = "credit_note"  # "facture d'avoir"
+            labelled = regex is _REVERSE_NUMBER_RE or bool(match.group("colon"))
+            hits.append(
+                _NumberHit(match.group("num"), kind, match.start(), match.end(), labelled)
+            )
             if with_lists:
                 hits.extend(_listed_numbers(folded, match.end(), kind))
     hits.sort(key=lambda hit: hit.start)
@@ -313,11 +330,17 @@ _DATE_RE = re.compile(
 )
 _DUE_LABEL_RE = re.compile(
     r"\bdate d'echeance|\bdate limite de (?:paiement|reglement)|\becheance\b"
-    r"|\ba (?:regler|payer|acquitter) (?:avant le|avant|au plus tard le|le|d'ici le)"
+    r"|\ba (?:regler|payer|acquitter)"
+    r"(?: par (?:virement|cheque|carte|prelevement)(?: bancaire)?)?"
+    r" (?:avant le|avant|au plus tard le|le|d'ici le)"
     r"|\bpayable (?:avant le|au plus tard le|le|jusqu'au|by|on|before)"
     r"|\b(?:paiement|reglement) (?:avant|au plus tard) le"
-    r"|\b(?:due|payment) date|\bdate due\b|\bdue (?:by|on|before)"
-    r"|\bpayment due(?: by| on| before)?|\bpay by|\bto be paid (?:by|before|on)",
+    r"|\b(?:due|payment) date|\bdate due\b|\bdue (?:by|on|before)\b|\bdue(?=:?[ \t]*\d)"
+    r"|\bpayment due(?: by| on| before)?|\bpay by|\bto be paid (?:by|before|on)"
+    r"|\bzahlbar bis(?: zum)?|\bfallig(?:keitsdatum| am)?\b"
+    r"|\b(?:preleve|debite)e?s? le|\bdate de prelevement|\b(?:debited|collected) on"
+    r"|\b(?:regler|payer|reglement|paiement|virement)\b[^.\n\d]{0,25}?"
+    r"\b(?:d'ici (?:le|au)|avant le|au plus tard le)",
     re.IGNORECASE,
 )
 _ISSUE_LABEL_RE = re.compile(
@@ -360,6 +383,43 @@ def _date_after(folded: str, position: int) -> date | None:
     return _date_of(match)
 
 
+# "d'ici le 15 janvier", "avant le 15/01": a due date without its year
+_YEARLESS_DATE_RE = re.compile(
+    rf"(?<![\d/.-])(?:(?P<td>\d{{1,2}})(?:er)?\s+(?P<tm>{_MONTH})\b\.?"
+    r"|(?P<nd>\d{1,2})[/.](?P<nm>\d{1,2}))(?![\d/]|\.\d|\s*,?\s*\d{4})",
+    re.IGNORECASE,
+)
+
+
+def _yearless_due(folded: str) -> tuple[int, int] | None:
+    """(month, day) right after a due label, when the date has no year."""
+    for label in _DUE_LABEL_RE.finditer(folded):
+        window = folded[label.end() : label.end() + _DATE_REACH]
+        match = _YEARLESS_DATE_RE.search(window)
+        if match is None or re.search(r"\d", window[: match.start()]):
+            continue
+        if match.group("td"):
+            month, day = _MONTHS[match.group("tm").lower()], int(match.group("td"))
+        else:
+            month, day = int(match.group("nm")), int(match.group("nd"))
+        if 1 <= month <= 12 and 1 <= day <= 31:
+            return month, day
+    return None
+
+
+def _next_occurrence(month_day: tuple[int, int], after: date) -> date | None:
+    """The first (month, day) on or after a date: "avant le 15 janvier" sent in December."""
+    month, day = month_day
+    for year in (after.year, after.year + 1):
+        try:
+            candidate = date(year, month, day)
+        except ValueError:
+            continue
+        if candidate >= after:
+            return candidate
+    return None
+
+
 def _labelled_date(folded: str, label_re: re.Pattern[str], skip: list[range]) -> date | None:
     for match in label_re.finditer(folded):
         if any(match.start() in span for span in skip):
@@ -376,7 +436,8 @@ _TERMS_RE = re.compile(
     r"(?P<receipt>(?:paiement|payable|reglement|a regler)\s+(?:a|des)\s+reception"
     r"|a reception de (?:la )?facture|(?:due|payable)\s+(?:on|upon)\s+receipt|upon receipt)"
     r"|(?P<lead>\b(?:conditions de (?:paiement|reglement)|delai de (?:paiement|reglement)"
-    r"|(?:payment )?terms?|paiement|reglement|payable|within|net|a)\b\s*:?\s*(?:a\s+|net\s+)?)?"
+    r"|(?:payment )?terms?|paiement|reglement|payable|within|net|sous|a)\b\s*:?\s*"
+    r"(?:a\s+|net\s+)?)?"
     r"(?P<days>\d{1,3})\s*(?:jours?|j\b|days?)\b"
     r"(?P<tail>(?:\s+nets?\b)?"
     r"(?:\s+(?:le\s+)?(?P<eom>fin de mois|fdm|end of (?:the )?month|eom)\b)?"
@@ -402,6 +463,103 @@ def _terms_in(folded: str) -> tuple[int, bool] | None:
     return days, end_of_month
 
 
+# ---------------------------------------------------------------------------- grids
+
+# Table-based invoicing tools print a row of labels over a row of values; pypdf gives them
+# back as two lines ("Numéro Date Échéance" / "F-12 19/11/2026 19/12/2026"). Such a pair is
+# rewritten as "label : value" lines, which the rules above read like any other invoice.
+_GRID_LABEL_RE = re.compile(
+    r"(?<![\w'])(?:"
+    r"(?P<due>date d'echeance|echeance|due date|payment due|date limite)"
+    r"|(?P<issue>date de (?:la )?facture|date facture|date d'emission|invoice date|date)"
+    r"|(?P<number>n ?° ?(?:de )?facture|facture n ?°|numero(?: de facture)?|n ?°"
+    r"|invoice (?:no\b\.?|number|#)|number|no\b\.?)"
+    r"|(?P<money>net a payer|reste a payer|total a payer|montant a payer|total due|amount due"
+    r"|balance due|total (?:h\.?t|t\.?t\.?c|tva)\b\.?|montant (?:h\.?t|t\.?t\.?c)\b\.?|tva|vat"
+    r"|sous-total|subtotal|total|montant|amount)"
+    r")(?![\w'])",
+    re.IGNORECASE,
+)
+_WORD_RE = re.compile(r"\S+")
+_GRID_KEYWORD_RE = re.compile(rf"\b(?:{_KEYWORD})\b", re.IGNORECASE)
+
+
+def _grid_values(line: str, original: str) -> list[tuple[str, str]]:
+    """A value row as (kind, text): "date", "money" (with decimals or a currency) or "word";
+    read on the folded line, the text taken from the original one (same positions)."""
+    values: list[tuple[str, str]] = []
+    position = 0
+    while (word := _WORD_RE.search(line, position)) is not None:
+        start = word.start()
+        found: re.Match[str] = word
+        kind = "word"
+        if (date_match := _DATE_RE.match(line, start)) is not None:
+            found, kind = date_match, "date"
+        elif (money := _MONEY_RE.match(line, start)) is not None and (
+            money.group("pre") or money.group("suf") or re.search(r"[.,]\d\d$", money["num"])
+        ):
+            found, kind = money, "money"
+        values.append((kind, original[found.start() : found.end()].strip()))
+        position = max(found.end(), start + 1)
+    return values
+
+
+def _grid_lines(header: str, row: str, original_row: str, keyword: str) -> list[str] | None:
+    """'label : value' lines for a header row over a value row; None if they are not one."""
+    labels = list(_GRID_LABEL_RE.finditer(header))
+    unknown = len(_WORD_RE.findall(_GRID_LABEL_RE.sub(" ", header)))
+    if len(labels) < 2 or unknown > len(labels) or re.search(r"\d", header):
+        return None
+    values = _grid_values(row, original_row)
+    taken: dict[str, list[str]] = {"date": [], "money": [], "word": []}
+    for kind, text in values:
+        taken[kind].append(text)
+    kinds = [label.lastgroup or "" for label in labels]
+    for index in range(len(labels) - 1):
+        # "Date Échéance" over one date is one column, the due date; over two, two columns.
+        if (kinds[index], kinds[index + 1]) == ("issue", "due") and sum(
+            kind in ("issue", "due") for kind in kinds
+        ) > len(taken["date"]):
+            kinds[index] = ""
+    lines = []
+    for label, kind in zip(labels, kinds, strict=True):
+        if not kind:
+            continue
+        pool = taken["word" if kind == "number" else "date" if kind in ("due", "issue")
+                     else "money"]
+        if kind == "number":
+            while pool and not re.fullmatch(_TOKEN, pool[0], re.IGNORECASE):
+                pool.pop(0)
+        if not pool:
+            continue
+        value = pool.pop(0)
+        text = {"number": f"{keyword} n° : {value}", "issue": f"Date de facture : {value}",
+                "due": f"Date d'echeance : {value}"}.get(kind, f"{label.group()} : {value}")
+        lines.append(text)
+    return lines or None
+
+
+def _linearize_grids(text: str) -> str:
+    """The text with each label-row/value-row pair rewritten as 'label : value' lines."""
+    folded = _fold(text)
+    first = _GRID_KEYWORD_RE.search(folded)
+    keyword = "Avoir" if first and _kind_of(first.group()) == "credit_note" else "Facture"
+    lines, folded_lines = text.split("\n"), folded.split("\n")  # folding keeps positions
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        if index + 1 < len(lines):
+            rewritten = _grid_lines(folded_lines[index], folded_lines[index + 1],
+                                    lines[index + 1], keyword)
+            if rewritten is not None:
+                out.extend(rewritten)
+                index += 2
+                continue
+        out.append(lines[index])
+        index += 1
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------- one source
 
 
@@ -418,6 +576,8 @@ class _Found:
     due_date: date | None = None
     terms: tuple[int, bool] | None = None
     client_name: str | None = None
+    refers_to: tuple[str, ...] = ()  # invoices a credit note or a corrected invoice names
+    due_month_day: tuple[int, int] | None = None  # a due date given without its year
 
     @property
     def says_something(self) -> bool:
@@ -428,6 +588,11 @@ class _Found:
 
 
 _TRUST = ("factur-x", "pdf", "mail")
+_CORRECTIVE_RE = re.compile(
+    r"rectificati|annule et remplace|en remplacement de|remplace (?:la|notre) facture"
+    r"|facture corrigee|corrected invoice|replaces (?:the )?invoice|corrective",
+    re.IGNORECASE,
+)
 
 
 def _found_in_text(text: str, source: str, number_text: str | None = None) -> _Found:
@@ -435,6 +600,7 @@ def _found_in_text(text: str, source: str, number_text: str | None = None) -> _F
     original = unicodedata.normalize("NFC", text[:MAX_BODY_CHARS])
     folded = _fold(original)
     hit: _NumberHit | None = None
+    subject_hits: list[_NumberHit] = []
     if number_text:
         subject = unicodedata.normalize("NFC", number_text)
         subject_hits = _number_hits(subject, _fold(subject))
@@ -442,11 +608,24 @@ def _found_in_text(text: str, source: str, number_text: str | None = None) -> _F
     body_hits = _number_hits(original, folded)
     if hit is None and body_hits:
         hit = body_hits[0]
+    return _facts_in(folded, source, hit, body_hits + subject_hits[1:])
+
+
+def _facts_in(folded: str, source: str, hit: _NumberHit | None,
+              hits: list[_NumberHit]) -> _Found:
     money = _amount_in(folded)
     due_spans = [range(m.start(), m.end()) for m in _DUE_LABEL_RE.finditer(folded)]
     issue_date = _labelled_date(folded, _ISSUE_LABEL_RE, due_spans)
     if issue_date is None:
-        issue_date = _issue_date_after_number(folded, body_hits)
+        issue_date = _issue_date_after_number(folded, hits)
+    refers_to: tuple[str, ...] = ()
+    if hit is not None and (hit.kind == "credit_note" or _CORRECTIVE_RE.search(folded)):
+        own = _number_key(hit.number)
+        refers_to = tuple(dict.fromkeys(
+            other.number for other in hits
+            if other.kind == "invoice" and _number_key(other.number) != own
+        ))
+    due_date = _labelled_date(folded, _DUE_LABEL_RE, [])
     return _Found(
         source=source,
         number=hit.number if hit else None,
@@ -454,8 +633,10 @@ def _found_in_text(text: str, source: str, number_text: str | None = None) -> _F
         amount=money[0] if money else None,
         currency=money[1] if money else None,
         issue_date=issue_date,
-        due_date=_labelled_date(folded, _DUE_LABEL_RE, []),
+        due_date=due_date,
         terms=_terms_in(folded),
+        refers_to=refers_to,
+        due_month_day=_yearless_due(folded) if due_date is None else None,
     )
 
 
@@ -482,10 +663,33 @@ def _found_in_xml(xml: XmlFacts) -> _Found:
         due_date=xml.due_date,
         terms=terms,
         client_name=xml.client_name,
+        refers_to=xml.refers_to,
     )
 
 
 _FILENAME_SEPARATORS_RE = re.compile(r"[_+]")
+# A quote, an order, a delivery note, general terms: a title that says what the document is,
+# at the start of a line, before any invoice number.
+_NOT_INVOICE_TITLE_RE = re.compile(
+    r"(?m)^[ \t]*(?:facture[ \t]+)?(?:devis|quote|quotation|estimate|pro ?-?forma"
+    r"|bon de commande|purchase order|order confirmation|confirmation de commande"
+    r"|bon de livraison|delivery note|conditions generales|terms and conditions"
+    r"|releve de compte|statement of account)\b",
+    re.IGNORECASE,
+)
+
+
+def _is_not_an_invoice(document: Document) -> bool:
+    """A document whose own title says quote, order, delivery note, terms..."""
+    if document.xml is not None or not document.text:
+        return False
+    original = unicodedata.normalize("NFC", document.text[:MAX_BODY_CHARS])
+    folded = _fold(original)
+    title = _NOT_INVOICE_TITLE_RE.search(folded)
+    if title is None:
+        return False
+    hits = _number_hits(original, folded)
+    return not hits or title.start() <= hits[0].start
 
 
 def _found_in_document(document: Document) -> list[_Found]:
@@ -494,7 +698,8 @@ def _found_in_document(document: Document) -> list[_Found]:
     if document.xml is not None:
         found.append(_found_in_xml(document.xml))
     if document.text.strip():
-        text_found = _found_in_text(document.text, "pdf")
+        text = _linearize_grids(unicodedata.normalize("NFC", document.text[:MAX_BODY_CHARS]))
+        text_found = _found_in_text(text, "pdf")
         if text_found.number is None and document.xml is None:
             stem = _FILENAME_SEPARATORS_RE.sub(" ", document.filename.rsplit(".", 1)[0])
             hits = _number_hits(stem, _fold(stem))
@@ -516,8 +721,15 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _merge(sources: list[_Found], fallback_issue_date: date | None) -> InvoiceFacts:
-    """Most trusted source wins per fact; the other sources' differing values are recorded."""
+def _merge(
+    sources: list[_Found],
+    fallback_issue_date: date | None,
+    notes: tuple[str, ...] = (),
+    siblings: frozenset[str] = frozenset(),
+) -> InvoiceFacts:
+    """Most trusted source wins per fact; the other sources' differing values are recorded.
+    `siblings` are the other invoices of the same mail: a credit note sent with the invoice
+    that replaces the one it cancels does not credit that new invoice."""
     ordered = sorted(
         (found for found in sources if found.says_something),
         key=lambda found: _TRUST.index(found.source),
@@ -555,18 +767,30 @@ def _merge(sources: list[_Found], fallback_issue_date: date | None) -> InvoiceFa
 
     issue_date = issue_source.issue_date if issue_source else fallback_issue_date
     due_date = due_source.due_date if due_source else None
+    yearless = next((f.due_month_day for f in ordered if f.due_month_day), None)
+    if due_date is None and yearless is not None and issue_date is not None:
+        due_date = _next_occurrence(yearless, issue_date)
     terms = terms_source.terms if terms_source else None
     amount = amount_source.amount if amount_source else None
     missing = []
     if amount is None:
         missing.append("amount")
-    if due_date is None and terms is None:
-        missing.append("due_date")
+    number = (number_source.number or "") if number_source else ""
+    kind = (kinds[0].kind or "invoice") if kinds else "invoice"
+    if due_date is None and terms is None and kind != "credit_note":
+        missing.append("due_date")  # a credit note is not chased: it needs no due date
     if issue_date is None:
         missing.append("issue_date")
+    references = next((found.refers_to for found in ordered if found.refers_to), ())
+    verb = "credits" if kind == "credit_note" else "replaces"
+    reference_notes = tuple(
+        f"{number} {verb} invoice {reference}"
+        for reference in references
+        if _number_key(reference) not in {_number_key(number), *siblings}
+    )
     return InvoiceFacts(
-        number=(number_source.number or "") if number_source else "",
-        kind=(kinds[0].kind or "invoice") if kinds else "invoice",
+        number=number,
+        kind=kind,
         amount=amount,
         currency=(amount_source.currency if amount_source else None) or "EUR",
         issue_date=issue_date,
@@ -577,6 +801,7 @@ def _merge(sources: list[_Found], fallback_issue_date: date | None) -> InvoiceFa
         source=ordered[0].source if ordered else "mail",
         missing=tuple(missing),
         disagreements=tuple(disagreements),
+        notes=tuple(dict.fromkeys((*notes, *reference_notes))),
     )
 
 
@@ -584,9 +809,10 @@ def _merge(sources: list[_Found], fallback_issue_date: date | None) -> InvoiceFa
 
 _OWN_HEADERS = ("x-relance-step", "x-relance-notice")
 _REPLY_PREFIX_RE = re.compile(r"^\s*(?:re|fwd?|tr|aw|wg|sv)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
+_FORWARD_PREFIX_RE = re.compile(r"^\s*(?:(?:re|aw)\s*:\s*)*(?:fwd?|tr|wg)\s*:", re.IGNORECASE)
 _REMINDER_RE = re.compile(
     r"\b(?:relance|rappel|reminder|mise en demeure|impayee?s?|unpaid|overdue|past due"
-    r"|retard de paiement)\b",
+    r"|retard de paiement|nudge|follow[- ]?up|chasing|suivi de (?:votre |la )?facture)\b",
     re.IGNORECASE,
 )
 _NOT_INVOICE_RE = re.compile(
@@ -595,7 +821,29 @@ _NOT_INVOICE_RE = re.compile(
     r"|newsletter)\b",
     re.IGNORECASE,
 )
+# Money that came in, and statements of what is owed: about invoices, never a new one.
+_PAYMENT_RE = re.compile(
+    r"\b(?:avis de (?:virement|paiement|credit|prelevement)|virement recu|paiement recu"
+    r"|reglement recu|confirmation de (?:paiement|reglement)|recu de paiement|quittance"
+    r"|payment (?:received|confirmation|receipt)|remittance advice|receipt"
+    r"|(?:facture|invoice)\s+(?:\S+\s+)?(?:payee|reglee|acquittee|paid)"
+    r"|releve de (?:compte|factures)|etat de (?:votre )?compte|situation de compte"
+    r"|statement of account|account statement)\b",
+    re.IGNORECASE,
+)
+_AUTO_REPLY_SUBJECT_RE = re.compile(
+    r"^\s*(?:reponse automatique|automatic reply|auto(?:matic)?[ -]?(?:reply|response)"
+    r"|autoreply|out of (?:the )?office|absent|absence|abwesenheit|auto\s*:)",
+    re.IGNORECASE,
+)
 _KEYWORD_RE = re.compile(r"factur|invoice|avoir|credit ?note|rechnung", re.IGNORECASE)
+# The header block of a forwarded message: "De : Name <addr>" after the separator line.
+_FORWARDED_FROM_RE = re.compile(
+    r"(?:message transfere|forwarded message|original message|message d'origine"
+    r"|weitergeleitete nachricht)[\s\S]{0,300}?^[ \t>]*(?:de|from|von)[ \t]*:[^\n@]*?"
+    r"(?P<addr>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def _is_bulk(mail: Mail) -> bool:
@@ -608,16 +856,44 @@ def _is_bulk(mail: Mail) -> bool:
 
 
 def _subject_refuses(subject: str) -> bool:
-    """A reminder, a quote, an order: whatever the attachments, not a new invoice."""
+    """A reminder, a quote, an order, a payment: whatever the attachments, not a new invoice."""
     original = unicodedata.normalize("NFC", subject)
     folded = _fold(original)
-    if _REMINDER_RE.search(folded):
+    if _REMINDER_RE.search(folded) or _PAYMENT_RE.search(folded):
+        return True
+    if _AUTO_REPLY_SUBJECT_RE.search(folded):
         return True
     refusal = _NOT_INVOICE_RE.search(folded)
     if refusal is None:
         return False
     hits = _number_hits(original, folded)
-    return not hits or refusal.start() < hits[0].start
+    if hits and hits[0].start < refusal.start():
+        return False  # "Facture F-12 (devis D-3)"
+    keyword = _GRID_KEYWORD_RE.search(folded)
+    # "Facture parquet et devis escalier" names both: the attachments decide. "Facture pro
+    # forma" is one thing, a pro forma.
+    return not (
+        keyword is not None
+        and keyword.start() < refusal.start()
+        and folded[keyword.end() : refusal.start()].strip(" \t-'")
+    )
+
+
+def _is_auto_reply(mail: Mail) -> bool:
+    """RFC 3834 auto-replies only: invoicing tools mark their own mail 'auto-generated'."""
+    auto = mail.headers.get("auto-submitted", "").strip().lower()
+    return auto.startswith("auto-replied") or "x-autoreply" in mail.headers
+
+
+def _forwards_someone_elses_mail(mail: Mail) -> bool:
+    """'TR: Votre facture' with a supplier's mail inside: the firm is the one billed."""
+    if not _FORWARD_PREFIX_RE.match(mail.subject):
+        return False
+    found = _FORWARDED_FROM_RE.search(_fold(mail.text[:MAX_BODY_CHARS]))
+    if found is None:
+        return False
+    domain = found.group("addr").rpartition("@")[2].lower()
+    return domain != mail.from_addr.rpartition("@")[2].lower()
 
 
 def extract_invoices(mail: Mail) -> list[InvoiceFacts]:
@@ -626,25 +902,35 @@ def extract_invoices(mail: Mail) -> list[InvoiceFacts]:
 
 
 def extract_invoices_with_notes(mail: Mail) -> tuple[list[InvoiceFacts], tuple[str, ...]]:
-    """Like `extract_invoices`, plus notes on attachments that could not be read (an
-    encrypted or corrupt PDF), for the owner's report: never a reason to fail."""
+    """Like `extract_invoices`, plus every note on attachments that could not be read (an
+    encrypted or corrupt PDF), for the owner's report: never a reason to fail. Each invoice
+    also carries the notes that concern it in `InvoiceFacts.notes`."""
     if any(header in mail.headers for header in _OWN_HEADERS):
         return [], ()  # the daemon's own reminders and notices
-    if _subject_refuses(mail.subject):
+    if _subject_refuses(mail.subject) or _is_auto_reply(mail):
+        return [], ()
+    if _forwards_someone_elses_mail(mail):
         return [], ()
     notes: list[str] = []
+    loose_notes: list[str] = []  # from attachments that gave no invoice: every invoice gets them
     groups: dict[str, list[_Found]] = {}
+    group_notes: dict[str, list[str]] = {}
     anonymous: list[list[_Found]] = []  # invoice-like documents whose number was not found
     for attachment in mail.attachments:
         document = read_document(attachment)
         if document is None:
             continue
         notes.extend(document.notes)
+        if _is_not_an_invoice(document):
+            continue  # a quote or the general terms sent along
         found = _found_in_document(document)
         number = next((f.number for f in found if f.number), None)
         if number is not None:
             groups.setdefault(_number_key(number), []).extend(found)
-        elif any(f.amount is not None for f in found) and _KEYWORD_RE.search(
+            group_notes.setdefault(_number_key(number), []).extend(document.notes)
+            continue
+        loose_notes.extend(document.notes)
+        if any(f.amount is not None for f in found) and _KEYWORD_RE.search(
             _fold(document.text)
         ):
             anonymous.append(found)  # an invoice by its words and its total, not a T&C
@@ -657,7 +943,12 @@ def extract_invoices_with_notes(mail: Mail) -> tuple[list[InvoiceFacts], tuple[s
             groups[mail_key].append(from_mail)
         elif len(groups) == 1:
             next(iter(groups.values())).append(from_mail)
-        return [_merge(found, fallback_issue_date) for found in groups.values()], tuple(notes)
+        keys = frozenset(groups)
+        invoices = [
+            _merge(found, fallback_issue_date, (*group_notes[key], *loose_notes), keys - {key})
+            for key, found in groups.items()
+        ]
+        return invoices, tuple(notes)
 
     if _REPLY_PREFIX_RE.match(mail.subject):
         return [], tuple(notes)  # a reply or forward about an invoice it does not attach
@@ -667,12 +958,61 @@ def extract_invoices_with_notes(mail: Mail) -> tuple[list[InvoiceFacts], tuple[s
             notes.append("looks like an invoice, but no invoice number was found")
         return [], tuple(notes)
     subject = unicodedata.normalize("NFC", mail.subject)
-    if _is_bulk(mail) and not _number_hits(subject, _fold(subject)):
+    named_in_subject = bool(_number_hits(subject, _fold(subject)))
+    if _is_bulk(mail) and not named_in_subject:
         return [], tuple(notes)  # a newsletter that happens to name an invoice
+    listed = _listed_in_body(mail)
+    if len(listed) > 1:
+        return [_merge([found], fallback_issue_date, tuple(notes)) for found in listed], tuple(
+            notes
+        )
+    if not (named_in_subject or from_mail.amount is not None or anonymous
+            or _sends_an_invoice(mail.text)):
+        return [], tuple(notes)  # "as our invoice F-12 said...": a mention, not a sending
     sources = [from_mail]
     if len(anonymous) == 1:
         sources = [*anonymous[0], from_mail]
-    return [_merge(sources, fallback_issue_date)], tuple(notes)
+    return [_merge(sources, fallback_issue_date, tuple(notes))], tuple(notes)
+
+
+_LINE_RE = re.compile(r"[^\n]+")
+_SENDING_RE = re.compile(
+    r"ci-?joint|en piece jointe|veuillez trouver|vous trouverez|voici|je vous (?:adresse"
+    r"|envoie|transmets|fais parvenir)|please find|attached|enclosed|here is|here's"
+    r"|sending you",
+    re.IGNORECASE,
+)
+_SENDING_REACH = 80
+
+
+def _sends_an_invoice(text: str) -> bool:
+    """The body gives an invoice number as a field, or right after 'ci-joint', 'voici'..."""
+    original = unicodedata.normalize("NFC", text[:MAX_BODY_CHARS])
+    folded = _fold(original)
+    return any(
+        hit.labelled
+        or _SENDING_RE.search(folded, max(0, hit.start - _SENDING_REACH), hit.start)
+        for hit in _number_hits(original, folded)
+    )
+
+
+def _listed_in_body(mail: Mail) -> list[_Found]:
+    """Invoices listed one per line with their own amounts ("- facture n° 12 : 320,00 €"),
+    sharing the mail's dates and terms; [] unless there are at least two."""
+    original = unicodedata.normalize("NFC", mail.text[:MAX_BODY_CHARS])
+    folded = _fold(original)
+    shared = _facts_in(folded, "mail", None, _number_hits(original, folded))
+    listed: dict[str, _Found] = {}
+    for line in _LINE_RE.finditer(folded):
+        hits = _number_hits(original[line.start() : line.end()], line.group())
+        money = _amount_in(line.group())
+        if len(hits) != 1 or money is None:
+            continue
+        listed.setdefault(_number_key(hits[0].number), replace(
+            shared, number=hits[0].number, kind=hits[0].kind, amount=money[0],
+            currency=money[1], refers_to=(),
+        ))
+    return list(listed.values()) if len(listed) > 1 else []
 
 
 # ---------------------------------------------------------------------------- prefilter

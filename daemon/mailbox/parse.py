@@ -171,6 +171,8 @@ class _TextOnly(HTMLParser):
             self._skip += 1
         elif tag in ("br", "p", "div", "tr", "li"):
             self.parts.append("\n")
+        elif tag in ("td", "th"):
+            self.parts.append(" \t")  # cells of a row stay apart: "Montant \t1 250,00 €"
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style") and self._skip:

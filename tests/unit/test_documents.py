@@ -7,8 +7,12 @@ imports them too.
 from __future__ import annotations
 
 import io
+import sys
+import time
+import tracemalloc
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import facturx
 import pytest
@@ -20,6 +24,8 @@ from pypdf import PdfReader, PdfWriter
 from relance.core.documents import (
     MAX_PAGES,
     MAX_PDF_BYTES,
+    MAX_STREAM_BYTES,
+    Document,
     is_pdf,
     parse_invoice_xml,
     read_document,
@@ -27,6 +33,11 @@ from relance.core.documents import (
     read_xml,
 )
 from relance.model import Attachment
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the corpus's hostile-PDF builders
+    sys.path.insert(0, str(ROOT))
+from tests.corpus.pdfs import flate_bomb_pdf, scanned_pdf, xml_bomb_facturx  # noqa: E402
 
 # ------------------------------------------------------------------------------ builders
 
@@ -217,6 +228,43 @@ def test_pdf_over_twenty_megabytes_is_skipped() -> None:
     assert document.notes == ("huge.pdf: PDF larger than 20 MB, not read",)
 
 
+def test_pdf_without_text_says_it_may_be_a_scan() -> None:
+    document = read_pdf(scanned_pdf(2, 2_000), "scan.pdf")
+    assert document.text.strip() == ""
+    assert document.notes == (
+        "scan.pdf: no text in the PDF (a scan?); its facts must come from the mail",
+    )
+
+
+def _bounded(data: bytes, name: str) -> tuple[Document, float, int]:
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        document = read_pdf(data, name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return document, time.perf_counter() - started, peak
+
+
+def test_a_stream_that_inflates_past_the_limit_costs_a_note_not_the_memory() -> None:
+    document, seconds, peak = _bounded(flate_bomb_pdf(64 * 1024 * 1024), "bomb.pdf")
+    assert document.notes
+    assert seconds < 2
+    assert peak < 2 * MAX_STREAM_BYTES + 16 * 1024 * 1024
+
+
+def test_an_embedded_xml_bomb_keeps_the_pdf_text() -> None:
+    pdf = xml_bomb_facturx(make_pdf("FACTURE N° F-2026-0042\nTotal TTC : 10,00 EUR"),
+                           64 * 1024 * 1024)
+    document, seconds, peak = _bounded(pdf, "f.pdf")
+    assert "F-2026-0042" in document.text
+    assert document.xml is None
+    assert document.notes[0].startswith("f.pdf/factur-x.xml: embedded XML unreadable")
+    assert seconds < 2
+    assert peak < 2 * MAX_STREAM_BYTES + 16 * 1024 * 1024
+
+
 # ------------------------------------------------------------------------------ Factur-X
 
 
@@ -245,6 +293,18 @@ def test_facturx_type_code_gives_the_kind(type_code: str, kind: str) -> None:
     xml, note = parse_invoice_xml(cii_xml(type_code=type_code))
     assert xml is not None and xml.kind == kind
     assert note == ""
+
+
+def test_facturx_preceding_invoice_is_read() -> None:
+    xml = cii_xml(number="AV-9", type_code="381").replace(
+        b"</ram:SpecifiedTradeSettlementHeaderMonetarySummation>",
+        b"</ram:SpecifiedTradeSettlementHeaderMonetarySummation>"
+        b"<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>F-2026-0042"
+        b"</ram:IssuerAssignedID></ram:InvoiceReferencedDocument>",
+    )
+    facts, note = parse_invoice_xml(xml)
+    assert facts is not None and note == ""
+    assert (facts.kind, facts.refers_to) == ("credit_note", ("F-2026-0042",))
 
 
 def test_facturx_amount_due_wins_over_grand_total() -> None:

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_documents import cii_xml, encrypt, make_facturx_pdf, make_pdf, ubl_xml
+from test_documents import (
+    attach_file,
+    cii_xml,
+    encrypt,
+    make_facturx_pdf,
+    make_pdf,
+    ubl_xml,
+)
 
 from relance.core.extract import (
     due_date_for,
@@ -151,6 +158,11 @@ DUE_DATE_CASES = [
     "Due by 15 December 2026",
     "Payment due 15/12/2026",
     "Date limite de paiement : 15/12/2026",
+    "à régler par virement avant le 15/12/2026",
+    "Merci de me régler d'ici le 15 décembre 2026",
+    "Amount due: €10.00, due 2026-12-15",
+    "sera prélevée le 15/12/2026 sur votre compte",
+    "Zahlbar bis: 2026-12-15",
 ]
 
 
@@ -159,6 +171,19 @@ def test_due_date_phrases(body: str) -> None:
     facts = only(extract_invoices(mail("Facture F-2026-0042", f"Montant : 10,00 €\n{body}")))
     assert facts.due_date == date(2026, 12, 15)
     assert "due_date" not in facts.missing
+
+
+@pytest.mark.parametrize(
+    ("body", "due"),
+    [
+        ("Tu peux me régler d'ici le 15 janvier ?", date(2027, 1, 15)),  # sent in November
+        ("À régler avant le 15/12.", date(2026, 12, 15)),
+        ("À régler avant le 30 novembre.", date(2026, 11, 30)),
+    ],
+)
+def test_due_date_without_a_year_is_the_next_one(body: str, due: date) -> None:
+    facts = only(extract_invoices(mail("Facture F-2026-0042", f"Montant : 10,00 €\n{body}")))
+    assert facts.due_date == due
 
 
 def test_due_date_on_the_first_of_the_month() -> None:
@@ -207,6 +232,7 @@ TERMS_CASES = [
     ("Payment terms: 30 days", 30, False),
     ("Paiement à réception de facture", 0, False),
     ("Délai de paiement : 60 jours", 60, False),
+    ("à régler sous 30 jours", 30, False),
 ]
 
 
@@ -276,12 +302,89 @@ NOT_INVOICES = [
         mail("Relance facture F-2026-0042", "", pdf(make_pdf("FACTURE N° F-2026-0042"))),
         id="relance-with-the-pdf",
     ),
+    pytest.param(mail("Avis de virement reçu", "Libellé : FACTURE F-2026-0042, 10,00 EUR"),
+                 id="bank-notice"),
+    pytest.param(mail("Payment received for invoice INV-1042", "Amount paid: $10.00"),
+                 id="payment-received"),
+    pytest.param(mail("Relevé de compte au 30/11/2026", "facture F-2026-0042 : 10,00 €"),
+                 id="statement"),
+    pytest.param(mail("Facture acquittée F-2026-0042", "Montant : 10,00 €"), id="receipted"),
+    pytest.param(mail("Friendly nudge: invoice INV-1042", "Amount: €10.00"), id="nudge"),
+    pytest.param(mail("Réponse automatique : Facture F-2026-0042", "Absent jusqu'au 9."),
+                 id="auto-reply-subject"),
+    pytest.param(
+        mail("Facture F-2026-0042", "Je suis absent.", headers={"auto-submitted": "auto-replied"}),
+        id="auto-replied",
+    ),
+    pytest.param(
+        mail("Chantier : planning", "Comme indiqué sur notre facture F-2026-0042 du "
+             "03/11/2026, la pose aura lieu lundi."),
+        id="mention-of-a-past-invoice",
+    ),
+    pytest.param(
+        mail("TR: Votre facture BM-88213", "Pour la compta.\n\n---- Message transféré ----\n"
+             "De : Bois & Matériaux <factures@bois-materiaux.fr>\nObjet : Votre facture",
+             pdf(make_pdf("FACTURE N° BM-88213\nTotal TTC : 2 928,00 EUR"))),
+        id="supplier-invoice-forwarded",
+    ),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("message", NOT_INVOICES)
 def test_not_an_invoice(message: Mail) -> None:
     assert extract_invoices(message) == []
+
+
+def test_invoicing_software_marked_auto_generated_is_still_an_invoice() -> None:
+    message = mail("Facture F-2026-0042", "Montant : 10,00 €",
+                   headers={"auto-submitted": "auto-generated"})
+    assert only(extract_invoices(message)).number == "F-2026-0042"
+
+
+def test_own_invoice_forwarded_again_is_an_invoice() -> None:
+    body = ("Je vous transfère la facture.\n---- Message transféré ----\n"
+            "De : Atelier Dupont <compta@atelier-dupont.fr>\nObjet : Facture F-2026-0042")
+    message = mail("TR: Facture F-2026-0042", body, pdf(make_pdf(PDF_TEXT)))
+    assert only(extract_invoices(message)).number == "F-2026-0042"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Veuillez trouver ci-joint la facture n°F-2026-0042.",
+        "N° de facture : F-2026-0042",
+        "Please find attached invoice F-2026-0042.",
+        "Voici notre facture F-2026-0042 pour le chantier.",
+    ],
+)
+def test_a_body_that_sends_an_invoice_without_its_amount_is_kept(body: str) -> None:
+    facts = only(extract_invoices(mail("Votre document", body)))
+    assert (facts.number, facts.amount, facts.missing[0]) == ("F-2026-0042", None, "amount")
+
+
+def test_several_invoices_listed_in_the_body_are_several_invoices() -> None:
+    body = ("Voici mes deux factures :\n- facture n° 2026-122 : 320,00 € TTC\n"
+            "- facture n° 2026-123 : 185,00 € TTC\nRèglement à 30 jours.")
+    found = extract_invoices(mail("Factures de novembre", body))
+    assert [(f.number, f.amount, f.terms_days) for f in found] == [
+        ("2026-122", Decimal("320.00"), 30), ("2026-123", Decimal("185.00"), 30)
+    ]
+
+
+def test_subject_naming_an_invoice_and_a_quote_keeps_the_invoice() -> None:
+    message = mail(
+        "Facture parquet et devis escalier", "Ci-joint la facture et le devis.",
+        pdf(make_pdf(PDF_TEXT), "facture.pdf"),
+        pdf(make_pdf("DEVIS N° D-2026-030\nTotal TTC : 2 808,00 EUR"), "devis.pdf"),
+    )
+    assert only(extract_invoices(message)).number == "F-2026-0042"
+
+
+def test_a_quote_pdf_under_an_invoice_subject_is_not_an_invoice() -> None:
+    quote = make_pdf("Atelier Dupont\nDEVIS N° D-2026-030\nTotal TTC : 2 808,00 EUR\n"
+                     "Un acompte de 30 % sera facturé à la commande.")
+    found, notes = extract_invoices_with_notes(mail("Proposition", "Voici.", pdf(quote)))
+    assert (found, notes) == ([], ())
 
 
 def test_words_that_look_like_numbers_are_not_numbers() -> None:
@@ -439,6 +542,82 @@ def test_unreadable_pdf_gives_a_note_and_the_mail_facts(data: bytes, note_start:
         ("F-2026-0042", Decimal("1200.00"), "mail")
     ]
     assert len(notes) == 1 and notes[0].startswith(note_start)
+    assert found[0].notes == notes  # the owner sees why the amount came from the mail
+
+
+def test_notes_of_one_invoice_are_not_on_another() -> None:
+    other = make_pdf(PDF_TEXT.replace("F-2026-0042", "F-2026-0043"))
+    message = mail("Factures", "Ci-joint.", pdf(make_pdf(PDF_TEXT), "a.pdf"),
+                   pdf(attach_file(other, "factur-x.xml", b"<broken"), "b.pdf"))
+    first, second = extract_invoices(message)
+    assert first.notes == ()
+    assert second.notes and second.notes[0].startswith("b.pdf/factur-x.xml")
+
+
+def test_unreadable_attachment_next_to_an_invoice_is_noted_on_it() -> None:
+    message = mail("Factures", "Ci-joint.", pdf(make_pdf(PDF_TEXT), "a.pdf"),
+                   pdf(encrypt(make_pdf(PDF_TEXT), "secret"), "b.pdf"))
+    facts = only(extract_invoices(message))  # b.pdf may hide another invoice: say so
+    assert facts.notes == ("b.pdf: encrypted PDF, cannot read it",)
+
+
+def test_credit_note_names_the_invoice_it_credits() -> None:
+    text = ("AVOIR N° AV-2026-003\nDate : 20/11/2026\nRéf. : facture N° F-2026-0042\n"
+            "Total TTC : 120,00 EUR")
+    facts = only(extract_invoices(mail("Avoir AV-2026-003", "Ci-joint.", pdf(make_pdf(text)))))
+    assert (facts.kind, facts.notes) == ("credit_note",
+                                         ("AV-2026-003 credits invoice F-2026-0042",))
+    assert "due_date" not in facts.missing  # a credit note is not chased
+
+
+def test_facturx_credit_note_names_its_invoice_from_the_xml() -> None:
+    xml = cii_xml(number="AV-9", type_code="381").replace(
+        b"</ram:SpecifiedTradeSettlementHeaderMonetarySummation>",
+        b"</ram:SpecifiedTradeSettlementHeaderMonetarySummation>"
+        b"<ram:InvoiceReferencedDocument><ram:IssuerAssignedID>F-2026-0042"
+        b"</ram:IssuerAssignedID></ram:InvoiceReferencedDocument>",
+    )
+    facts = only(extract_invoices(mail("Avoir", "", pdf(make_facturx_pdf(xml, "AVOIR")))))
+    assert facts.notes == ("AV-9 credits invoice F-2026-0042",)
+
+
+def test_corrected_invoice_names_the_invoice_it_replaces() -> None:
+    text = ("FACTURE RECTIFICATIVE N° F-2026-0050\nDate : 20/11/2026\n"
+            "Annule et remplace la facture F-2026-0042\nNet à payer : 1 380,00 EUR")
+    facts = only(extract_invoices(mail("Facture rectificative", "", pdf(make_pdf(text)))))
+    assert (facts.number, facts.kind) == ("F-2026-0050", "invoice")
+    assert facts.notes == ("F-2026-0050 replaces invoice F-2026-0042",)
+
+
+@pytest.mark.parametrize(
+    ("title", "number", "kind"),
+    [
+        ("FACTURE D'ACOMPTE N° FA-2026-0031", "FA-2026-0031", "invoice"),
+        ("Facture de solde n° F-2026-0107", "F-2026-0107", "invoice"),
+        ("FACTURE D'AVOIR N° FAV-2026-002", "FAV-2026-002", "credit_note"),
+        ("Facture (n°2026-14)", "2026-14", "invoice"),
+    ],
+)
+def test_qualified_titles(title: str, number: str, kind: str) -> None:
+    facts = only(extract_invoices(mail("Document", "", pdf(make_pdf(f"{title}\nTotal TTC : "
+                                                                       "10,00 EUR")))))
+    assert (facts.number, facts.kind) == (number, kind)
+
+
+def test_a_row_of_labels_over_a_row_of_values_is_read() -> None:
+    text = ("FACTURE\nNuméro Date Échéance Code client\n"
+            "F-2026-0113 19/11/2026 19/12/2026 C0042\n"
+            "Total HT TVA Total TTC Net à payer\n"
+            "1 850,00 EUR 370,00 EUR 2 220,00 EUR 2 220,00 EUR")
+    facts = only(extract_invoices(mail("Document", "", pdf(make_pdf(text), "doc.pdf"))))
+    assert (facts.number, facts.amount, facts.issue_date, facts.due_date) == (
+        "F-2026-0113", Decimal("2220.00"), date(2026, 11, 19), date(2026, 12, 19))
+
+
+def test_a_date_echeance_column_over_one_date_is_the_due_date() -> None:
+    text = "FACTURE\nNuméro Date Échéance\nF-2026-0114 04/12/2026\nNet à payer : 10,00 EUR"
+    facts = only(extract_invoices(mail("Document", "", pdf(make_pdf(text), "doc.pdf"))))
+    assert facts.due_date == date(2026, 12, 4)
 
 
 def test_invoice_pdf_without_any_number_is_noted() -> None:
