@@ -84,8 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("number")
     p = verb("stop", "stop chasing a case for good")
     p.add_argument("number")
-    for name in ("paid", "pause", "resume", "stop"):
+    p = verb("facts", "give an invoice the facts relance could not read (amount, due date)")
+    p.add_argument("number")
+    p.add_argument("--amount")
+    p.add_argument("--due", type=_iso_date, metavar="DATE")
+    p = verb("sent-lrar", "record the date the formal notice left by registered post")
+    p.add_argument("number")
+    p.add_argument("date", type=_iso_date, metavar="DATE")
+    for name in ("paid", "pause", "resume", "stop", "facts", "sent-lrar"):
         verbs.choices[name].add_argument("--now", type=_iso_instant, help=argparse.SUPPRESS)
+
+    evidence = verbs.add_parser("evidence", help="evidence bundles: export one, verify all",
+                                description="evidence bundles: export one, verify all")
+    sub = evidence.add_subparsers(dest="evidence_verb", required=True, metavar="ACTION")
+    p = sub.add_parser("export", parents=[common], help="write one case's bundle and a zip")
+    p.add_argument("number")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--now", type=_iso_instant, help=argparse.SUPPRESS)
+    sub.add_parser("verify", parents=[common], help="check every bundle and the ledger chain")
 
     p = verb("demo", "see the whole loop on an embedded mail server; needs no account")
     p.add_argument("--fast", action="store_true", help="no pauses between simulated days")
@@ -106,6 +122,9 @@ def _handler(verb: str) -> Handler:
         "pause": commands.owner_command,
         "resume": commands.owner_command,
         "stop": commands.owner_command,
+        "facts": commands.owner_command,
+        "sent-lrar": commands.owner_command,
+        "evidence": commands.evidence,
         "demo": commands.demo,
     }
     return table[verb]

@@ -14,14 +14,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relance import app, defaults, logs, service
+from relance import app, archive, defaults, logs, service
 from relance.cli import print_json
 from relance.config import Config, ConfigError, find_config, load_config
 from relance.core import commands as owner
+from relance.core.facts import apply_facts
+from relance.core.letter import record_lrar
 from relance.core.schedule import plan_next
 from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
 from relance.model import OPEN_STATES, Case, Decision
+from relance.store import evidence as evidence_store
 from relance.store.journal import Journal
 from relance.store.state import AlreadyRunning, StateCorrupt, StateStore
 
@@ -289,6 +292,14 @@ def owner_command(args: argparse.Namespace) -> int:
             return owner.pause(case, now, until, f"paused by the owner {now:%Y-%m-%d}")
     elif args.verb == "resume":
         change = owner.resume
+    elif args.verb == "facts":
+        fact_amount = owner.parse_amount(args.amount) if args.amount else None
+
+        def change(case: Case) -> Case:
+            return apply_facts(case, now, fact_amount, args.due)
+    elif args.verb == "sent-lrar":
+        def change(case: Case) -> Case:
+            return record_lrar(case, args.date, today=now.astimezone(config.tz).date())
     else:
         def change(case: Case) -> Case:
             return owner.stop(case, now)
@@ -307,11 +318,54 @@ def owner_command(args: argparse.Namespace) -> int:
     Journal(config.state_dir).append(
         f"owner-{args.verb}", at=now, case=args.number, via="shell", state=updated.state.value,
         paid=str(updated.paid), paused_until=updated.paused_until,
+        amount=updated.amount, due=updated.due_date,
+        sent_on=getattr(args, "date", None),
     )
     balance = updated.balance
     print(f"{updated.number}: {updated.state.value}"
           + (f", balance {balance} {updated.currency}" if balance is not None else "")
           + (f", until {updated.paused_until:%Y-%m-%d}" if updated.paused_until else ""))
+    return 0
+
+
+# -- evidence ---------------------------------------------------------------------------
+def evidence(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return 1
+    if args.evidence_verb == "verify":
+        problems = evidence_store.verify(config.evidence_dir)
+        for problem in problems:
+            print(f"{config.evidence_dir}/{problem}", file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s) found", file=sys.stderr)
+            return 1
+        head = evidence_store.ledger_head(config.evidence_dir)
+        count = sum(1 for p in config.evidence_dir.glob("*/manifest.json")) \
+            if config.evidence_dir.exists() else 0
+        print(f"{count} bundle(s) verified; ledger head {head or '(empty)'}")
+        return 0
+    now = _now(args, config)
+    case = _read_cases(config).get(args.number)
+    if case is None:
+        return _fail(f"no case {args.number}; `relance status --all` lists them")
+    try:
+        with Mailbox(config.imap) as mailbox:
+            archive.bundle_case(mailbox, case, Journal(config.state_dir), config.evidence_dir,
+                                now, firm=config.firm.as_firm(), tz=config.tz)
+    except IMAP_ERRORS as exc:
+        if evidence_store.latest_bundle(config.evidence_dir, case.number) is None:
+            return _fail(f"imap {config.imap.host}: {type(exc).__name__}: {exc}; "
+                         "and no bundle was sealed before")
+        print(f"relance: imap {config.imap.host}: {exc}; exporting the last sealed bundle",
+              file=sys.stderr)
+    except evidence_store.EvidenceError as exc:
+        return _fail(str(exc))
+    try:
+        zipped = evidence_store.export(config.evidence_dir, case.number, args.out)
+    except evidence_store.EvidenceError as exc:
+        return _fail(str(exc))
+    print(f"wrote {zipped.with_suffix('')} and {zipped}")
     return 0
 
 
