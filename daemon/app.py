@@ -20,12 +20,35 @@ from typing import Any
 
 from flufl.bounce import all_failures
 
-from relance.archive import SEAL_STATES, cases_to_seal, close_case
+from relance.archive import (
+    SEAL_STATES,
+    cases_to_seal,
+    close_case,
+    ensure_folder_path,
+    relance_folder,
+)
 from relance.config import Config
+from relance.core import commands as owner_commands
 from relance.core import compose
 from relance.core.classify import Kind, classify, stated_return
+from relance.core.commands import CommandRefused
 from relance.core.extract import due_date_for, extract_invoices_with_notes, looks_like_invoice
-from relance.core.letter import formal_notice_for, late_penalties, render_formal_notice
+from relance.core.facts import apply_facts
+from relance.core.letter import formal_notice_for, late_penalties, record_lrar, render_formal_notice
+from relance.core.listen import (
+    Command,
+    digest,
+    digest_due,
+    format_digest,
+    known_numbers_in,
+    match_payment,
+    money_text,
+    new_part,
+    parse_commands,
+    read_payment,
+    reply_intent,
+    trust_of,
+)
 from relance.core.schedule import (
     BusinessCalendar,
     client_key,
@@ -62,7 +85,8 @@ log = logging.getLogger("relance")
 
 NOTICE_TEMPLATES = (
     "notice-reply", "notice-bounce", "notice-needs-facts", "notice-send-unknown",
-    "notice-formal-notice", "notice-task",
+    "notice-formal-notice", "notice-task", "notice-confirm", "notice-unverified",
+    "notice-payment", "notice-digest",
 )
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # bigger mails are noted, not parsed
 REIDLE_SECONDS = 9 * 60  # re-issue IDLE before providers drop it at 10 minutes
@@ -105,6 +129,7 @@ class Notice:
     case: Case | None
     extra: dict[str, Any] = field(default_factory=dict)
     attachments: tuple[Attachment, ...] = ()
+    in_reply_to: str | None = None  # the owner's own mail, for a confirmation
 
 
 class Daemon:
@@ -116,6 +141,8 @@ class Daemon:
         self.journal = journal
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self.secret = load_or_create_secret(store.state_dir)
+        self._sent_folder = ""
+        self._drop_folders: dict[str, str] = {}
         # Letters made this run, kept for the case's evidence bundle.
         self._letters: dict[str, tuple[Attachment, ...]] = {}
 
@@ -136,13 +163,27 @@ class Daemon:
     def run_pass(self, mailbox: Mailbox, now: datetime) -> None:
         """Sync what is new, then act on what is due at `now`."""
         notices: list[Notice] = []
-        sent_folder = mailbox.sent_folder()
+        sent_folder = self._sent_folder = mailbox.sent_folder()
+        if not self._drop_folders:
+            self._drop_folders = self.ensure_drop_folders(mailbox)
         self.resolve_pending_sends(mailbox, sent_folder, now, notices)
         for folder in (sent_folder, "INBOX"):
             self.sync_folder(mailbox, folder, now, notices)
+        self.sync_drop_folders(mailbox, now, notices)
         self.act(mailbox, sent_folder, now, notices)
         self.seal_closed(mailbox, now)
+        self.maybe_digest(now, notices)
         self.send_notices(notices, now)
+
+    def ensure_drop_folders(self, mailbox: Mailbox) -> dict[str, str]:
+        """Relance/Paid, /Pause, /Stop: created when missing, named with the server's
+        own hierarchy separator."""
+        folders = {}
+        for verb, name in (("paid", "Paid"), ("pause", "Pause"), ("stop", "Stop")):
+            folder = relance_folder(mailbox, name)
+            ensure_folder_path(mailbox, folder)
+            folders[verb] = folder
+        return folders
 
     # -- sync -------------------------------------------------------------------------
     def sync_folder(
@@ -189,11 +230,21 @@ class Daemon:
         """Decide what one new message means, from its headers first."""
         firm = self.rt.firm
         kind = classify(head, firm)
-        open_cases = [c for c in tx.cases().values() if c.state in OPEN_STATES]
-        index = thread_index(tx.cases().values())
         if kind is Kind.OWN:
             self._own_copy(tx, head, now)
             return
+        in_sent = head.folder == self._sent_folder
+        from_owner = head.from_addr in firm.owners
+        owner_mail = from_owner or (kind is Kind.FIRM and in_sent and not self._to_clients(head))
+        if owner_mail and (
+            self._owner_mail(tx, mailbox, head, size, now, notices) or kind is not Kind.FIRM
+        ):
+            return
+        if _listed(head.from_addr, self.config.firm.payment_senders):
+            self._payment(tx, mailbox, head, size, now, notices)
+            return
+        cases = tx.cases()
+        index = thread_index(cases.values())
         if kind is Kind.FIRM:
             numbers = cases_for(head, (), index)  # thread headers only
             if numbers:
@@ -205,14 +256,12 @@ class Daemon:
                 if full is not None:
                     self._invoice_mail(tx, full, now, notices)
             return
-        if head.from_addr in firm.owners:
-            return  # commands by email come with the listening work; never a client reply
+        open_cases = [c for c in cases.values() if c.state in OPEN_STATES]
         numbers = cases_for(head, open_cases, index)
-        known_sender = any(
-            head.from_addr.rpartition("@")[2] == a.rpartition("@")[2]
-            for c in open_cases for a in c.client_addrs
-        )
-        if not numbers and not (known_sender or kind is Kind.BOUNCE):
+        sender_domain = head.from_addr.rpartition("@")[2]
+        theirs = [c for c in open_cases
+                  if any(a.rpartition("@")[2] == sender_domain for a in c.client_addrs)]
+        if not numbers and not (theirs or kind is Kind.BOUNCE):
             return  # not about any case: most of an inbox
         full = self._full(mailbox, head, size, now)
         if full is None:
@@ -221,6 +270,13 @@ class Daemon:
             self._bounce(tx, full, mailbox, now, notices)
             return
         numbers = numbers or cases_for(full, open_cases, index)
+        if kind is Kind.REPLY and theirs:
+            # A reply that names invoices is about those; one that names none is about
+            # every open invoice of that client (they answered "the" reminder).
+            named = known_numbers_in(f"{full.subject}\n{new_part(full.text)}",
+                                     [c.number for c in theirs])
+            numbers = named or (sorted({*numbers, *(c.number for c in theirs)})
+                                if numbers else [])
         for number in numbers:
             case = tx.get_case(number)
             if case is None:
@@ -233,6 +289,214 @@ class Daemon:
                            subject=full.subject, waits_until=case.paused_until)
                 continue
             self._client_replied(tx, case, full, now, notices)
+
+    # -- the owner's mail: commands, by email or by folder -----------------------------
+    def _owner_mail(
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        notices: list[Notice],
+    ) -> bool:
+        """Commands the owner wrote; True when the mail held any (applied or refused)."""
+        full = self._full(mailbox, head, size, now)
+        if full is None:
+            return False
+        commands, errors = parse_commands(full.text)
+        if not commands and not errors:
+            return False
+        firm = self.rt.firm
+        notice_ids = frozenset(
+            m for m in (full.in_reply_to, *full.references)
+            if m and compose.is_notice_id(m, self.secret)
+        )
+        trust = trust_of(full, owners=firm.owners, firm_addresses=firm.addresses,
+                         authserv_id=self.config.firm.authserv_id, notice_ids=notice_ids,
+                         folder_is_sent=full.folder == self._sent_folder)
+        thread_numbers = cases_for(full, (), thread_index(tx.cases().values()))
+        if not thread_numbers and full.headers.get("x-relance-invoice"):
+            thread_numbers = [full.headers["x-relance-invoice"].strip()]
+        if not trust.trusted:
+            self.event(now, "command-unverified", thread_numbers[0] if thread_numbers else None,
+                       sender=full.from_addr, reason=trust.reason)
+            notices.append(Notice("unverified", "notice-unverified", None, {
+                "mail": full, "detail": trust.reason}))
+            return True
+        lines = [f"? {error}" for error in errors]
+        touched: Case | None = None
+        for command in commands:
+            numbers = [command.number] if command.number else thread_numbers
+            if not numbers:
+                lines.append(f"? {command.line}: which invoice? Name it (e.g. "
+                             f"`{command.verb} F-2026-0042`) or reply to a notification")
+                continue
+            for number in numbers:
+                case = tx.get_case(number)
+                if case is None:
+                    lines.append(f"? {command.line}: no invoice {number}")
+                    continue
+                try:
+                    updated = self.apply_command(case, command, now)
+                except CommandRefused as exc:
+                    lines.append(f"? {command.line}: {exc}")
+                    continue
+                tx.put_case(updated)
+                touched = updated
+                self.event(now, f"owner-{command.verb}", number, via=trust.how,
+                           line=command.line, state=updated.state.value)
+                lines.append(f"ok {command.line} → {number}: {_describe_case(updated)}")
+        notices.append(Notice("confirm", "notice-confirm", touched, {
+            "detail": "\n".join(lines)}, in_reply_to=full.message_id))
+        return True
+
+    def apply_command(self, case: Case, command: Command, now: datetime) -> Case:
+        """One command of the owner, the same function whether typed or mailed."""
+        tz = self.config.tz
+        if command.verb == "paid":
+            return owner_commands.paid(case, now, command.amount)
+        if command.verb == "pause":
+            until = (owner_commands.pause_end(now, tz, command.until, None) if command.until
+                     else now + command.duration if command.duration else None)
+            return owner_commands.pause(case, now, until, f"paused by the owner {now:%Y-%m-%d}")
+        if command.verb == "resume":
+            return owner_commands.resume(case)
+        if command.verb == "stop":
+            return owner_commands.stop(case, now)
+        if command.verb == "facts":
+            return apply_facts(case, now, command.amount, command.due)
+        if command.verb == "sent-lrar":
+            today = now.astimezone(tz).date()
+            return record_lrar(case, command.sent_on or today, today=today)
+        if command.verb == "plan":
+            return self._plan(case, command, now)
+        raise CommandRefused(f"{command.verb}: not a command relance knows")
+
+    def _plan(self, case: Case, command: Command, now: datetime) -> Case:
+        """Instalment plans are understood but not chased one by one yet: say so."""
+        raise CommandRefused(
+            "instalment plans are not handled yet; pause the invoice until the first "
+            "instalment (`pause until DATE`) and record each payment with `paid AMOUNT`"
+        )
+
+    def sync_drop_folders(self, mailbox: Mailbox, now: datetime, notices: list[Notice]) -> None:
+        """A message of a thread dragged into Relance/Paid, /Pause or /Stop is a command:
+        only someone with the mailbox's password can move it there."""
+        for verb, folder in self._drop_folders.items():
+            state = mailbox.folder_state(folder)
+            with self.store.reading() as view:
+                cursor = view.cursor(folder)
+            last = cursor.last_uid if cursor and cursor.uidvalidity == state.uidvalidity else 0
+            if state.uidnext and state.uidnext - 1 <= last:
+                continue
+            uids = mailbox.uids_after(last)
+            heads = list(mailbox.fetch_headers(uids))
+            with self.store.transaction() as tx:
+                index = thread_index(tx.cases().values())
+                for fetched in heads:
+                    head = parse_headers(fetched.header_bytes, folder, fetched.uid)
+                    numbers = cases_for(head, (), index)
+                    if not numbers and head.headers.get("x-relance-invoice"):
+                        numbers = [head.headers["x-relance-invoice"].strip()]
+                    lines = []
+                    touched = None
+                    for number in numbers:
+                        case = tx.get_case(number)
+                        if case is None:
+                            continue
+                        try:
+                            updated = self.apply_command(case, Command(verb=verb, line=verb),
+                                                         now)
+                        except CommandRefused as exc:
+                            lines.append(f"? {verb} {number}: {exc}")
+                            continue
+                        tx.put_case(updated)
+                        touched = updated
+                        self.event(now, f"owner-{verb}", number, via="folder", folder=folder)
+                        lines.append(f"ok {verb} → {number}: {_describe_case(updated)}")
+                    if not numbers:
+                        self.event(now, "drop-unmatched", folder=folder, uid=fetched.uid,
+                                   subject=head.subject)
+                    elif lines:
+                        notices.append(Notice("confirm", "notice-confirm", touched,
+                                              {"detail": "\n".join(lines)}))
+                if uids:
+                    tx.set_cursor(Cursor(folder, state.uidvalidity, uids[-1],
+                                         state.highestmodseq))
+                elif cursor is None or cursor.uidvalidity != state.uidvalidity:
+                    tx.set_cursor(Cursor(folder, state.uidvalidity, 0, state.highestmodseq))
+
+    # -- payment notices ---------------------------------------------------------------
+    def _payment(
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        notices: list[Notice],
+    ) -> None:
+        full = self._full(mailbox, head, size, now)
+        if full is None:
+            return
+        trust = trust_of(full, owners=self.config.firm.payment_senders, firm_addresses=(),
+                         authserv_id=self.config.firm.authserv_id, notice_ids=frozenset(),
+                         folder_is_sent=False)
+        if not trust.trusted:
+            self.event(now, "payment-unverified", sender=full.from_addr, reason=trust.reason)
+            notices.append(Notice("payment-unverified", "notice-unverified", None, {
+                "mail": full, "detail": trust.reason}))
+            return
+        owing = [c for c in tx.cases().values() if c.state in _PAYABLE]
+        notice = read_payment(full, [c.number for c in owing])
+        if notice is None:
+            self.event(now, "payment-unreadable", sender=full.from_addr, subject=full.subject)
+            return
+        match = match_payment(notice, owing)
+        if not match.matched:
+            self.event(now, "payment-unmatched", amount=notice.amount, currency=notice.currency,
+                       payer=notice.payer, reason=match.reason)
+            notices.append(Notice("payment-unmatched", "notice-payment", None, {
+                "mail": full, "detail": f"{money_text(notice.amount, notice.currency)} "
+                                        f"de {notice.payer or '?'}: {match.reason}"}))
+            return
+        for allocation in match.allocations:
+            case = tx.get_case(allocation.number)
+            if case is None:
+                continue
+            try:
+                updated = owner_commands.paid(case, now, allocation.amount)
+            except CommandRefused:
+                continue
+            updated = _with_thread_id(updated, full.message_id)
+            tx.put_case(updated)
+            self.event(now, "payment-matched", case.number, amount=allocation.amount,
+                       how=match.how, payer=notice.payer, state=updated.state.value,
+                       balance=updated.balance, surplus=match.surplus or None)
+            notices.append(Notice("payment", "notice-payment", updated, {
+                "mail": full,
+                "detail": f"{money_text(allocation.amount, notice.currency)} reçu de "
+                          f"{notice.payer or full.from_addr} pour la facture n° {case.number} "
+                          f"(rapproché par {'numéro' if match.how == 'number' else 'montant'}) "
+                          f": {_describe_case(updated)}"}))
+
+    # -- the weekly digest ---------------------------------------------------------------
+    def maybe_digest(self, now: datetime, notices: list[Notice]) -> None:
+        rules = self.rt.rules
+        if rules.digest is None or not self.rt.firm.owners:
+            return
+        with self.store.reading() as view:
+            last_text = view.meta("last_digest_at")
+            cases = view.cases()
+        last = datetime.fromisoformat(last_text) if last_text else None
+        local = now.astimezone(self.config.tz)
+        if not digest_due(local, last, rules.digest.day, rules.digest.hour):
+            return
+        paid_numbers = {
+            e.get("case") for e in self.journal.entries()
+            if e.get("event") in ("owner-paid", "payment-matched")
+            and (last is None or datetime.fromisoformat(e["at"]) > last)
+        }
+        paid_since = [c for c in cases.values()
+                      if c.number in paid_numbers and c.state is CaseState.PAID]
+        summary = digest(list(cases.values()), local, paid_since)
+        with self.store.transaction() as tx:
+            tx.set_meta("last_digest_at", now.isoformat())
+        if summary.empty:
+            return
+        notices.append(Notice("digest", "notice-digest", None, {
+            "letter": compose.Rendered("", format_digest(summary, rules.language))}))
 
     def _to_clients(self, mail: Mail) -> bool:
         inside = set(self.rt.firm.addresses) | set(self.rt.firm.owners)
@@ -365,6 +629,7 @@ class Daemon:
         self, tx: Transaction, case: Case, mail: Mail, now: datetime, notices: list[Notice]
     ) -> None:
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
+            intent = reply_intent(mail.text)
             excerpt = " ".join(compose.reply_excerpt(mail.text).split())
             pause = self.rt.rules.reply_pause
             until = None
@@ -374,13 +639,16 @@ class Daemon:
                 until = datetime.combine(day, datetime.min.time(), tzinfo=self.config.tz)
             case = dataclasses.replace(
                 case, state=CaseState.PAUSED, paused_until=until,
-                reason=f"client replied {(mail.date or now):%Y-%m-%d}: {excerpt[:90]}",
+                reason=f"client {_INTENT_WORDS[intent]} {(mail.date or now):%Y-%m-%d}: "
+                       f"{excerpt[:90]}",
             )
-            notices.append(Notice("reply", "notice-reply", case,
-                                  {"mail": mail, "paused_until": until}))
+            notices.append(Notice("reply", "notice-reply", case, {
+                "mail": mail, "paused_until": until,
+                "detail": "" if intent == "reply" else intent}))
         tx.put_case(case)
         self.event(now, "client-replied", case.number, sender=mail.from_addr,
-                   subject=mail.subject, state=case.state.value)
+                   subject=mail.subject, state=case.state.value,
+                   intent=reply_intent(mail.text))
 
     def _auto_replied(self, case: Case, mail: Mail, now: datetime) -> Case:
         """An out-of-office is not an answer, but its stated return date may hold the
@@ -737,9 +1005,7 @@ class Daemon:
                        kind=notice.kind, status=outcome.status, smtp_reply=outcome.reply)
 
     def build_notice(self, notice: Notice, now: datetime, position: int = 0) -> EmailMessage:
-        case = notice.case
-        if case is None:
-            raise ValueError(f"notice {notice.kind} names no case")
+        case = notice.case or _NO_CASE
         notice_vars = compose.notice_vars(notice.kind, **notice.extra)
         context = compose.template_context(
             case, None, self.rt.firm, now, case.steps, notice=notice_vars,
@@ -747,12 +1013,12 @@ class Daemon:
         )
         rendered = self.rt.templates.render(notice.template, case.language, context)
         message_id = compose.notice_message_id(
-            case.number, notice.kind, now + timedelta(microseconds=position), self.rt.firm.domain,
-            self.secret,
+            case.number or None, notice.kind, now + timedelta(microseconds=position),
+            self.rt.firm.domain, self.secret,
         )
         return compose.build_owner_notice(self.rt.firm, rendered.subject, rendered.text, now,
-                                          message_id, case, kind=notice.kind,
-                                          attachments=notice.attachments)
+                                          message_id, notice.case, notice.in_reply_to,
+                                          kind=notice.kind, attachments=notice.attachments)
 
     # -- the daemon -------------------------------------------------------------------
     def next_wake(self, now: datetime) -> datetime:
@@ -763,6 +1029,36 @@ class Daemon:
                    if (p := plan_next(c, self.rt.rules, self.rt.calendar, now)) is not None]
         future = [at for at in planned if at > now]
         return min(future, default=now + timedelta(seconds=REIDLE_SECONDS))
+
+
+_INTENT_WORDS = {"reply": "replied", "promise": "promised to pay",
+                 "dispute": "disputes the invoice"}
+# Cases a payment can settle: a letter case can still be paid.
+_PAYABLE = frozenset({CaseState.CHASING, CaseState.PAUSED, CaseState.BAD_ADDRESS,
+                      CaseState.NEEDS_FACTS, CaseState.FORMAL_NOTICE})
+# Notices about no invoice (an unverified command, an unmatched payment, the digest).
+_NO_CASE = Case(number="", client_addrs=(), subject="", root_message_id="<none@relance>")
+
+
+def _listed(address: str, senders: Iterable[str]) -> bool:
+    """`address` is one of `senders`, or in a domain listed as `@bank.fr` / `bank.fr`."""
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    for sender in senders:
+        sender = sender.strip().lower()
+        if sender == address or ("@" not in sender.lstrip("@") and sender.lstrip("@") == domain):
+            return True
+    return False
+
+
+def _describe_case(case: Case) -> str:
+    balance = case.balance
+    text = case.state.value
+    if balance is not None and case.state is not CaseState.PAID:
+        text += f", {money_text(balance, case.currency)} still owed"
+    if case.paused_until is not None:
+        text += f", until {case.paused_until:%Y-%m-%d}"
+    return text
 
 
 def _with_thread_id(case: Case, message_id: str) -> Case:

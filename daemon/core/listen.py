@@ -985,3 +985,39 @@ def digest_due(
     if slot > now:
         slot -= timedelta(days=7)
     return last_digest_at is None or last_digest_at < slot
+
+
+_DIGEST_WORDS = {
+    "fr": {"nothing": "Rien en cours.", "owed": "Restant dû", "not_yet_due": "Pas encore échues",
+           "late": "En retard de {bucket} jours", "paid": "Réglées depuis le dernier point",
+           "paused": "En pause", "owner": "Attendent votre action", "days": "j"},
+    "en": {"nothing": "Nothing open.", "owed": "Outstanding", "not_yet_due": "Not yet due",
+           "late": "{bucket} days late", "paid": "Paid since the last digest",
+           "paused": "Paused", "owner": "Waiting for you", "days": "d"},
+}  # fmt: skip
+
+
+def format_digest(summary: Digest, language: str = "fr") -> str:
+    """The digest as plain text, one section per group, one line per invoice."""
+    words = _DIGEST_WORDS["en" if language.lower().startswith("en") else "fr"]
+
+    def line(item: DigestLine) -> str:
+        amount = money_text(item.balance, item.currency) if item.balance is not None else "?"
+        late = f", {item.days_late} {words['days']}" if item.days_late and item.days_late > 0 \
+            else ""
+        note = f" — {item.note}" if item.note else ""
+        return f"  - {item.number}  {item.client}  {amount}{late}{note}"
+
+    out: list[str] = []
+    if summary.outstanding:
+        totals = ", ".join(money_text(total, cur) for cur, total in summary.outstanding)
+        out.append(f"{words['owed']} : {totals}" if language.startswith("fr")
+                   else f"{words['owed']}: {totals}")
+    sections = [(words["owner"], summary.needs_owner)]
+    sections += [(words["late"].format(bucket=bucket), lines) for bucket, lines in summary.late]
+    sections += [(words["not_yet_due"], summary.not_yet_due), (words["paused"], summary.paused),
+                 (words["paid"], summary.paid)]
+    for title, lines in sections:
+        if lines:
+            out += ["", f"{title} ({len(lines)})", *(line(item) for item in lines)]
+    return "\n".join(out) if out else words["nothing"]

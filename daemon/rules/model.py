@@ -177,6 +177,15 @@ class LatePayment(BaseModel):
         return self.ecb_rate + self.margin
 
 
+class DigestRule(BaseModel):
+    """When the weekly digest reaches the owner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    hour: int = Field(default=8, ge=0, le=23)
+
+
 _AFTER_REPLY = re.compile(r"^\s*pause(?:\s+(?P<offset>.+?))?\s*$", re.IGNORECASE)
 
 
@@ -211,6 +220,7 @@ class Rules(BaseModel):
     # An out-of-office: "wait" for the return date it states, or "continue".
     after_auto_reply: Literal["wait", "continue"] = "wait"
     late_payment: LatePayment = LatePayment()
+    digest: DigestRule | None = DigestRule()  # null: no weekly digest
 
     _check_after_reply = field_validator("after_reply", mode="before")(_after_reply)
 

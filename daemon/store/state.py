@@ -582,6 +582,11 @@ class StateView:
             return None
         return _send_from_doc(self._storage.data[_SENDS][str(doc_id)])
 
+    def meta(self, key: str) -> Any:
+        """A fact kept with `Transaction.set_meta`, or None."""
+        doc = self._meta_table.get(doc_id=1)
+        return None if doc is None else doc.get(key)  # type: ignore[union-attr]
+
     def sends(self, status: str | None = None) -> list[SendRecord]:
         """Send records in the order their intents were made, optionally of one status."""
         if status is not None and status not in SEND_STATUSES:
@@ -686,6 +691,15 @@ class Transaction(StateView):
         doc_id = self._send_ids[message_id]
         self._sends_table.update(_replace_with(_send_to_doc(record)), doc_ids=[doc_id])
         return record
+
+    def set_meta(self, key: str, value: str | int | None) -> None:
+        """Keep one small fact about the daemon itself (e.g. when the digest last went)."""
+        if key == "schema_version":
+            raise ValueError("schema_version is set by migrations only")
+        if not self._meta_table.contains(doc_id=1):
+            self._meta_table.insert(Document({"schema_version": SCHEMA_VERSION}, doc_id=1))
+        if self._meta_table.get(doc_id=1).get(key) != value:  # type: ignore[union-attr]
+            self._meta_table.update({key: value}, doc_ids=[1])
 
     def retry_intent(self, message_id: str, *, at: datetime) -> SendRecord:
         """Turn a "failed" send (the server certainly refused it) back into an intent
