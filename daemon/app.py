@@ -212,7 +212,14 @@ class Daemon:
                     try:
                         mail = parse_headers(fetched.header_bytes, folder, fetched.uid)
                         self.handle(tx, mailbox, mail, fetched.size, now, notices)
-                    except (ParseFailure, ValueError, UnicodeError, LookupError) as exc:
+                    except IMAP_ERRORS:
+                        raise
+                    except Exception as exc:
+                        # One message must never stop the mailbox: log it, skip it, go on.
+                        if not isinstance(exc, (ParseFailure, ValueError, UnicodeError,
+                                                LookupError)):
+                            log.exception("folder %s uid %s: unexpected error", folder,
+                                          fetched.uid)
                         self.event(now, "message-skipped", folder=folder, uid=fetched.uid,
                                    reason=f"{type(exc).__name__}: {exc}")
                 tx.set_cursor(Cursor(folder, state.uidvalidity, chunk[-1], state.highestmodseq))
@@ -551,7 +558,7 @@ class Daemon:
             if last is None or at > last:
                 case = dataclasses.replace(case, last_contact_at=at)
             tx.put_case(case)
-            self.event(now, "firm-wrote", number, subject=head.subject, at=at)
+            self.event(now, "firm-wrote", number, subject=head.subject, written_at=at)
 
     def _invoice_mail(
         self, tx: Transaction, mail: Mail, now: datetime, notices: list[Notice]

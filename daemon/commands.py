@@ -18,12 +18,13 @@ from relance import app, archive, defaults, logs, service
 from relance.cli import print_json
 from relance.config import Config, ConfigError, find_config, load_config
 from relance.core import commands as owner
+from relance.core import compose
 from relance.core.facts import apply_facts
 from relance.core.letter import record_lrar
 from relance.core.schedule import plan_next
 from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
-from relance.model import OPEN_STATES, Case, Decision
+from relance.model import OPEN_STATES, Attachment, Case, Channel, Decision
 from relance.store import evidence as evidence_store
 from relance.store.journal import Journal
 from relance.store.state import AlreadyRunning, StateCorrupt, StateStore
@@ -266,9 +267,22 @@ def show(args: argparse.Namespace) -> int:
     decision = Decision(case.number, planned.step_index, step.name, step.channel, step.template,
                         step.tone, planned.at)
     daemon = app.Daemon(runtime, StateStore(config.state_dir), Journal(config.state_dir))
-    rendered = daemon.render(case, decision, planned.at)
+    attachments: tuple[Attachment, ...] = ()
+    try:
+        with Mailbox(config.imap) as mailbox:
+            attachments = daemon._invoice_attachments(mailbox, case)
+    except IMAP_ERRORS as exc:
+        print(f"relance: imap {config.imap.host}: {exc}; shown without the invoice's "
+              "attachments", file=sys.stderr)
+    rendered = daemon.render(case, decision, planned.at, attachments)
+    subject = rendered.subject
+    if step.channel is Channel.EMAIL and case.subject:
+        subject = compose.thread_subject(case.subject)  # reminders keep the thread's subject
     print(f"\nnext: {step.name} ({step.channel.value}) at {planned.at.isoformat()}")
-    print(f"Subject: {rendered.subject}\n")
+    print(f"Subject: {subject}")
+    if attachments:
+        print(f"Attachments: {', '.join(a.filename for a in attachments)}")
+    print()
     print(rendered.text)
     return 0
 
@@ -279,6 +293,39 @@ def owner_command(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     now = _now(args, config)
+    try:
+        change = _owner_change(args, config, now)
+    except owner.CommandRefused as exc:
+        return _fail(str(exc))
+    store = StateStore(config.state_dir)
+    try:
+        with store.transaction() as tx:
+            case = tx.get_case(args.number)
+            if case is None:
+                return _fail(f"no case {args.number}; `relance status --all` lists them")
+            updated = change(case)
+            tx.put_case(updated)
+    except owner.CommandRefused as exc:
+        return _fail(str(exc))
+    except StateCorrupt as exc:
+        return _fail(str(exc))
+    Journal(config.state_dir).append(
+        f"owner-{args.verb}", at=now, case=args.number, via="shell", state=updated.state.value,
+        paid=str(updated.paid), paused_until=updated.paused_until,
+        amount=updated.amount, due=updated.due_date,
+        sent_on=getattr(args, "date", None),
+    )
+    balance = updated.balance
+    print(f"{updated.number}: {updated.state.value}"
+          + (f", balance {balance} {updated.currency}" if balance is not None else "")
+          + (f", until {updated.paused_until:%Y-%m-%d}" if updated.paused_until else ""))
+    return 0
+
+
+def _owner_change(
+    args: argparse.Namespace, config: Config, now: datetime
+) -> Callable[[Case], Case]:
+    """The change a shell command makes to a case (arguments checked before any lock)."""
     change: Callable[[Case], Case]
     if args.verb == "paid":
         amount = owner.parse_amount(args.amount) if args.amount else None
@@ -303,29 +350,7 @@ def owner_command(args: argparse.Namespace) -> int:
     else:
         def change(case: Case) -> Case:
             return owner.stop(case, now)
-    store = StateStore(config.state_dir)
-    try:
-        with store.transaction() as tx:
-            case = tx.get_case(args.number)
-            if case is None:
-                return _fail(f"no case {args.number}; `relance status --all` lists them")
-            updated = change(case)
-            tx.put_case(updated)
-    except owner.CommandRefused as exc:
-        return _fail(str(exc))
-    except StateCorrupt as exc:
-        return _fail(str(exc))
-    Journal(config.state_dir).append(
-        f"owner-{args.verb}", at=now, case=args.number, via="shell", state=updated.state.value,
-        paid=str(updated.paid), paused_until=updated.paused_until,
-        amount=updated.amount, due=updated.due_date,
-        sent_on=getattr(args, "date", None),
-    )
-    balance = updated.balance
-    print(f"{updated.number}: {updated.state.value}"
-          + (f", balance {balance} {updated.currency}" if balance is not None else "")
-          + (f", until {updated.paused_until:%Y-%m-%d}" if updated.paused_until else ""))
-    return 0
+    return change
 
 
 # -- evidence ---------------------------------------------------------------------------
