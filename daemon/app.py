@@ -7,6 +7,7 @@ and the journal. Every function takes `now`: only `run` reads the clock.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email
 import email.policy
@@ -256,6 +257,11 @@ class Daemon:
             numbers = cases_for(head, (), index)  # thread headers only
             if numbers:
                 self._firm_wrote(tx, numbers, head, now)
+                if "multipart/mixed" in head.headers.get("content-type", "").lower():
+                    # A reply carrying a document: a credit note or a corrected invoice.
+                    full = self._full(mailbox, head, size, now)
+                    if full is not None:
+                        self._invoice_mail(tx, full, now, notices)
             elif self._to_clients(head) and looks_like_invoice(
                 head.subject, head.headers.get("content-type", "")
             ):
@@ -569,28 +575,119 @@ class Daemon:
                        subject=mail.subject, notes=list(notes))
         for facts in found:
             if facts.kind == "credit_note":
-                # Which invoice a credit note reduces is the owner's call for now.
-                self.event(now, "credit-note-seen", facts.number, amount=facts.amount,
-                           subject=mail.subject)
+                self._credit_note(tx, facts, mail, now, notices)
                 continue
             existing = tx.get_case(facts.number)
             if existing is not None:
-                updated = _with_thread_id(existing, mail.message_id)
-                if updated is not existing:
-                    tx.put_case(updated)
-                    self.event(now, "invoice-resent", facts.number, subject=mail.subject)
+                self._invoice_again(tx, existing, facts, mail, now, notices)
                 continue
+            for replaced in facts.refers_to:
+                self._replaced(tx, replaced, facts.number, now, notices)
             case = self._open_case(facts, mail, now)
             tx.put_case(case)
             self.event(now, "invoice-found", case.number, client=",".join(case.client_addrs),
                        client_name=case.client_name or None,
                        amount=case.amount, currency=case.currency, due=case.due_date,
                        state=case.state.value, source=facts.source,
-                       missing=list(facts.missing) or None)
+                       missing=list(facts.missing) or None, notes=list(facts.notes) or None)
             if case.state is CaseState.NEEDS_FACTS:
-                notices.append(Notice("needs-facts", "notice-needs-facts", case,
-                                      {"facts": facts, "mail": mail,
-                                       "missing": list(_missing(case))}))
+                notices.append(Notice("needs-facts", "notice-needs-facts", case, {
+                    "facts": facts, "mail": mail, "missing": list(_missing(case)),
+                    "detail": "; ".join(facts.notes)}))
+
+    def _credit_note(
+        self, tx: Transaction, facts: InvoiceFacts, mail: Mail, now: datetime,
+        notices: list[Notice],
+    ) -> None:
+        """A credit note (avoir) lowers what the invoice it names still owes, once."""
+        target = tx.get_case(facts.refers_to[0]) if len(facts.refers_to) == 1 else None
+        why = ""
+        if target is None:
+            why = ("it names no invoice relance knows" if len(facts.refers_to) <= 1
+                   else "it names several invoices: " + ", ".join(facts.refers_to))
+        elif facts.number in target.credit_notes:
+            return  # the same credit note again: applied already
+        elif facts.amount is None:
+            why = "its amount could not be read"
+        elif facts.currency != target.currency:
+            why = f"it is in {facts.currency}, the invoice in {target.currency}"
+        elif target.state not in OPEN_STATES or target.balance is None:
+            why = f"invoice {target.number} is {target.state.value}"
+        if target is None or why or facts.amount is None or target.balance is None:
+            self.event(now, "credit-note-unapplied", facts.number, amount=facts.amount,
+                       refers_to=list(facts.refers_to) or None, reason=why)
+            if target is not None:
+                notices.append(Notice("credit-note", "notice-confirm", target, {"detail": (
+                    f"? avoir {facts.number} ({money_text(facts.amount or Decimal(0))}) "
+                    f"non appliqué : {why}. Appliquez-le avec `relance paid {target.number} "
+                    f"--amount MONTANT` si c'est juste.")}))
+            return
+        credited = min(facts.amount, target.balance)
+        before = target.balance
+        updated = dataclasses.replace(
+            _with_thread_id(target, mail.message_id),
+            credited=target.credited + credited,
+            credit_notes=(*target.credit_notes, facts.number),
+        )
+        if updated.balance is not None and updated.balance <= 0:
+            updated = dataclasses.replace(updated, state=CaseState.STOPPED,
+                                          reason=f"cancelled by credit note {facts.number}")
+        tx.put_case(updated)
+        self.event(now, "credit-note-applied", target.number, credit_note=facts.number,
+                   credited=credited, balance_before=before, balance_after=updated.balance,
+                   state=updated.state.value)
+        notices.append(Notice("credit-note", "notice-confirm", updated, {"detail": (
+            f"ok avoir {facts.number} appliqué à la facture n° {target.number} : "
+            f"{money_text(credited, target.currency)} en moins, {_describe_case(updated)}")}))
+
+    def _replaced(
+        self, tx: Transaction, number: str, by: str, now: datetime, notices: list[Notice]
+    ) -> None:
+        """A corrected invoice replaces an earlier one: the earlier one is not chased."""
+        old = tx.get_case(number)
+        if old is None or old.state not in OPEN_STATES:
+            return
+        tx.put_case(dataclasses.replace(old, state=CaseState.STOPPED,
+                                        reason=f"replaced by invoice {by}"))
+        self.event(now, "invoice-replaced", number, by=by, steps_sent=old.last_step)
+        if any(step.outcome == "sent" for step in old.steps):
+            notices.append(Notice("replaced", "notice-confirm", old, {"detail": (
+                f"ok la facture n° {by} remplace la facture n° {number}, qui avait déjà été "
+                f"relancée {old.last_step} fois : ses relances s'arrêtent, celles de {by} "
+                "suivront leur propre calendrier.")}))
+
+    def _invoice_again(
+        self, tx: Transaction, case: Case, facts: InvoiceFacts, mail: Mail, now: datetime,
+        notices: list[Notice],
+    ) -> None:
+        """The same number again: one case, thread kept; new facts only where safe."""
+        updated = _with_thread_id(case, mail.message_id)
+        rules = self.rt.rules
+        profile = rules.profile_for(case.client_addrs)
+        terms = profile.terms if profile and profile.terms else rules.default_terms
+        due = due_date_for(facts, terms.days, terms.end_of_month)
+        differs = (facts.amount is not None and facts.amount != case.amount) or (
+            due is not None and due != case.due_date)
+        if case.state is CaseState.NEEDS_FACTS and (facts.amount is not None or due):
+            with contextlib.suppress(CommandRefused):
+                updated = apply_facts(updated, now, facts.amount if case.amount is None
+                                      else None, due if case.due_date is None else None)
+        elif differs and not case.steps and case.state in OPEN_STATES:
+            updated = dataclasses.replace(updated, amount=facts.amount or case.amount,
+                                          due_date=due or case.due_date)
+            self.event(now, "invoice-corrected", case.number, amount=updated.amount,
+                       due=updated.due_date)
+        elif differs:
+            self.event(now, "invoice-resent-differs", case.number, amount=facts.amount, due=due)
+            notices.append(Notice("resent", "notice-confirm", case, {"detail": (
+                f"? la facture n° {case.number} a été renvoyée avec d'autres montants ou "
+                f"dates ({money_text(facts.amount) if facts.amount else '?'}, échéance "
+                f"{due or '?'}), alors que des relances sont déjà parties : rien n'a changé. "
+                f"Confirmez avec `relance facts {case.number} --amount ... --due ...`.")}))
+        if updated != case:
+            tx.put_case(updated)
+            self.event(now, "invoice-resent", case.number, subject=mail.subject,
+                       state=updated.state.value)
 
     def _open_case(self, facts: InvoiceFacts, mail: Mail, now: datetime) -> Case:
         firm = self.rt.firm
@@ -619,11 +716,11 @@ class Daemon:
             language=(profile.language if profile and profile.language else rules.language),
             opened_at=now,
         )
+        if profile is not None and profile.never_chase:
+            return dataclasses.replace(case, state=CaseState.STOPPED, reason="never-chase client")
         if facts.amount is None or due is None:
             return dataclasses.replace(case, state=CaseState.NEEDS_FACTS,
                                        reason="missing: " + ", ".join(_missing(case)))
-        if profile is not None and profile.never_chase:
-            return dataclasses.replace(case, state=CaseState.STOPPED, reason="never-chase client")
         sent_at = mail.date or now
         if sent_at < now - timedelta(days=rules.adopt_max_age.days):
             return dataclasses.replace(

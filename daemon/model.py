@@ -102,6 +102,7 @@ class InvoiceFacts:
     source: str = "mail"  # "factur-x" | "pdf" | "mail": the most trusted that gave facts
     missing: tuple[str, ...] = ()
     disagreements: tuple[str, ...] = ()  # "amount: pdf 1200.00 != mail 1100.00"
+    refers_to: tuple[str, ...] = ()  # invoices a credit note credits / a correction replaces
     notes: tuple[str, ...] = ()  # for the owner: "facture.pdf: encrypted PDF, cannot read it"
 
 
@@ -128,6 +129,8 @@ class Case:
     client_name: str = ""
     amount: Decimal | None = None
     paid: Decimal = Decimal("0")
+    credited: Decimal = Decimal("0")  # credit notes (avoirs) applied to this invoice
+    credit_notes: tuple[str, ...] = ()  # their numbers: a re-sent one is never applied twice
     currency: str = "EUR"
     issue_date: date | None = None
     due_date: date | None = None
@@ -144,7 +147,7 @@ class Case:
 
     @property
     def balance(self) -> Decimal | None:
-        return None if self.amount is None else self.amount - self.paid
+        return None if self.amount is None else self.amount - self.paid - self.credited
 
     @property
     def last_step(self) -> int:

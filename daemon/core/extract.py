@@ -789,6 +789,10 @@ def _merge(
         if _number_key(reference) not in {_number_key(number), *siblings}
     )
     return InvoiceFacts(
+        refers_to=tuple(
+            reference for reference in references
+            if _number_key(reference) not in {_number_key(number), *siblings}
+        ),
         number=number,
         kind=kind,
         amount=amount,
