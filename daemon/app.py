@@ -57,7 +57,7 @@ from relance.core.schedule import (
     plan_next,
     with_client_contacts,
 )
-from relance.core.thread import cases_for, thread_index
+from relance.core.thread import cases_for, same_client, thread_index
 from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
 from relance.mailbox.parse import ParseFailure, parse_headers, parse_message
@@ -271,9 +271,7 @@ class Daemon:
             return
         open_cases = [c for c in cases.values() if c.state in OPEN_STATES]
         numbers = cases_for(head, open_cases, index)
-        sender_domain = head.from_addr.rpartition("@")[2]
-        theirs = [c for c in open_cases
-                  if any(a.rpartition("@")[2] == sender_domain for a in c.client_addrs)]
+        theirs = [c for c in open_cases if same_client(head.from_addr, c.client_addrs)]
         if not numbers and not (theirs or kind is Kind.BOUNCE):
             return  # not about any case: most of an inbox
         full = self._full(mailbox, head, size, now)
@@ -286,8 +284,8 @@ class Daemon:
         if kind is Kind.REPLY and theirs:
             # A reply that names invoices is about those; one that names none is about
             # every open invoice of that client (they answered "the" reminder).
-            named = known_numbers_in(f"{full.subject}\n{new_part(full.text)}",
-                                     [c.number for c in theirs])
+            # The subject is the thread's: only what the client wrote names an invoice.
+            named = known_numbers_in(new_part(full.text), [c.number for c in theirs])
             numbers = named or (sorted({*numbers, *(c.number for c in theirs)})
                                 if numbers else [])
         for number in numbers:
@@ -404,7 +402,9 @@ class Daemon:
                 index = thread_index(tx.cases().values())
                 for fetched in heads:
                     head = parse_headers(fetched.header_bytes, folder, fetched.uid)
-                    numbers = cases_for(head, (), index)
+                    # The message itself may be of the thread (the invoice, a reminder),
+                    # or answer one.
+                    numbers = list(index.get(head.message_id, ())) or cases_for(head, (), index)
                     if not numbers and head.headers.get("x-relance-invoice"):
                         numbers = [head.headers["x-relance-invoice"].strip()]
                     lines = []
@@ -1105,6 +1105,13 @@ class Daemon:
                            kind=notice.kind, subject=message["Subject"])
                 continue
             outcome = smtp.send(self.config.smtp, message)
+            if notice.case is not None and outcome.status != "failed":
+                # The owner's answer to this notice will reference it: keep it in the
+                # case's thread so the answer finds its case.
+                with self.store.transaction() as tx:
+                    fresh = tx.get_case(notice.case.number)
+                    if fresh is not None:
+                        tx.put_case(_with_thread_id(fresh, str(message["Message-ID"]).strip()))
             self.event(now, "owner-notified", notice.case.number if notice.case else None,
                        kind=notice.kind, status=outcome.status, smtp_reply=outcome.reply)
 

@@ -25,6 +25,27 @@ def thread_index(cases: Iterable[Case]) -> dict[str, tuple[str, ...]]:
     return index
 
 
+# Addresses there belong to people, not firms: a shared domain says nothing.
+_PUBLIC_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "yahoo.fr", "hotmail.com", "hotmail.fr",
+    "outlook.com", "outlook.fr", "live.com", "live.fr", "msn.com", "icloud.com", "me.com",
+    "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr", "neuf.fr", "laposte.net", "bbox.fr",
+    "gmx.fr", "gmx.com", "gmx.de", "proton.me", "protonmail.com", "aol.com", "numericable.fr",
+})
+
+
+def same_client(address: str, client_addrs: Iterable[str]) -> bool:
+    """The sender is one of the client's addresses, or writes from the client firm's own
+    domain (never a public mail provider's)."""
+    domain = address.rpartition("@")[2]
+    for known in client_addrs:
+        if known == address:
+            return True
+        if domain not in _PUBLIC_DOMAINS and known.rpartition("@")[2] == domain:
+            return True
+    return False
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -40,12 +61,6 @@ def cases_for(
     for message_id in (mail.in_reply_to, *reversed(mail.references)):
         if message_id and message_id in index:
             return list(index[message_id])
-    sender_domain = _domain(mail.from_addr)
-    known = [
-        case
-        for case in cases
-        if mail.from_addr in case.client_addrs
-        or sender_domain in {_domain(a) for a in case.client_addrs}
-    ]
+    known = [case for case in cases if same_client(mail.from_addr, case.client_addrs)]
     named = [c.number for c in known if _names_number(c.number, f"{mail.subject}\n{mail.text}")]
     return named
