@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime
+from relance.config import Config
 from relance.core.schedule import BusinessCalendar, plan_next
 from relance.logs import quote
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
@@ -89,6 +90,9 @@ class Service:
         self.stop_requested = False
         self.reload_requested = False
         self.abortable = False  # True only while waiting: a signal may end the wait at once
+        # What the rule and template files looked like: an edit reloads them, as SIGHUP does.
+        self._files_seen = edited_files(daemon.config)
+        self._files_checked_at = time.monotonic()
 
     # -- signals ----------------------------------------------------------------------
     def on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -102,8 +106,17 @@ class Service:
         self.reload_requested = True
 
     def interrupted(self) -> bool:
-        """Asked every idle slice: ends IDLE on SIGTERM or SIGHUP; also the watchdog's beat."""
+        """Asked every idle slice: ends IDLE on SIGTERM, SIGHUP or an edited rule or
+        template file; also the watchdog's beat."""
         self.watchdog.kick()
+        now = time.monotonic()
+        if now - self._files_checked_at >= FILES_CHECK_S:
+            self._files_checked_at = now
+            seen = edited_files(self.daemon.config)
+            if seen != self._files_seen:
+                self._files_seen = seen
+                log.info("event=files-changed action=reload")
+                self.reload_requested = True
         return self.stop_requested or self.reload_requested
 
     # -- the loop ---------------------------------------------------------------------
@@ -216,6 +229,23 @@ class Service:
                 previous(entry)
 
         self.daemon.on_event = on_event
+
+
+FILES_CHECK_S = 2.0  # how often an idle daemon looks at its rule and template files
+
+
+def edited_files(config: Config) -> frozenset[tuple[str, int, int]]:
+    """(path, mtime, size) of every rule and template file: a cheap fingerprint."""
+    found = set()
+    for folder in (config.rules_dir, config.templates_dir):
+        try:
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    stat = path.stat()
+                    found.add((str(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            continue
+    return frozenset(found)
 
 
 def run_forever(

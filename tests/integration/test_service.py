@@ -274,6 +274,21 @@ def test_sighup_reloads_rules_and_keeps_them_when_the_edit_is_broken(
     assert daemon.process.returncode == 0, daemon.log
 
 
+def test_an_edited_rule_file_reloads_without_a_signal(
+    firm: Firm, notify: NotifySocket
+) -> None:
+    daemon = firm.start(notify)
+    notify.wait_for(lambda m: "courtesy" in m.get("STATUS", ""), START_TIMEOUT_S)
+    calendar = firm.root / "rules" / "calendar.yaml"
+    mark = len(notify.messages)
+    calendar.write_text(calendar.read_text().replace("- name: courtesy", "- name: heads-up", 1))
+    notify.wait_for(lambda m: m.get("RELOADING") == "1", 10.0, after=mark)
+    notify.wait_for(lambda m: "(F-2026-0042 heads-up)" in m.get("STATUS", ""), 10.0, after=mark)
+    daemon.wait_log("event=files-changed")
+    daemon.wait_log("event=reloaded")
+    assert daemon.stop_timed() < STOP_LIMIT_S
+
+
 def test_second_daemon_on_the_same_state_refuses(firm: Firm, notify: NotifySocket) -> None:
     first = firm.start(notify)
     notify.wait_for(lambda m: m.get("READY") == "1", START_TIMEOUT_S)
