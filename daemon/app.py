@@ -121,6 +121,55 @@ def load_runtime(config: Config) -> tuple[Runtime | None, list[str]]:
     return (None if problems else runtime), problems
 
 
+class Book:
+    """A transaction with the cases, the thread index and each client's open cases kept in
+    memory, so that reading a batch of messages costs one decode of the state, not one per
+    message. Every change goes through `put_case`, which keeps the three in step."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self._cases = tx.cases()
+        self.index = thread_index(self._cases.values())
+        self._by_address: dict[str, list[str]] | None = None
+
+    def cases(self) -> dict[str, Case]:
+        return self._cases
+
+    def get_case(self, number: str) -> Case | None:
+        return self._cases.get(number)
+
+    def put_case(self, case: Case) -> None:
+        self.tx.put_case(case)
+        old = self._cases.get(case.number)
+        self._cases[case.number] = case
+        for message_id in (case.root_message_id, *case.thread_ids):
+            known = self.index.get(message_id, ())
+            if case.number not in known:
+                self.index[message_id] = (*known, case.number)
+        if old is None or old.client_addrs != case.client_addrs:
+            self._by_address = None
+
+    def open_cases_of(self, address: str) -> list[Case]:
+        """The open cases of the client writing from `address` (see `same_client`)."""
+        if self._by_address is None:
+            by_address: dict[str, list[str]] = {}
+            for case in self._cases.values():
+                for known in case.client_addrs:
+                    by_address.setdefault(known, []).append(case.number)
+                    by_address.setdefault("@" + known.rpartition("@")[2], []).append(case.number)
+            self._by_address = by_address
+        numbers = dict.fromkeys(
+            self._by_address.get(address, [])
+            + self._by_address.get("@" + address.rpartition("@")[2], [])
+        )
+        found = (self._cases[n] for n in numbers)
+        return [c for c in found
+                if c.state in OPEN_STATES and same_client(address, c.client_addrs)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tx, name)
+
+
 @dataclass
 class Notice:
     """A message for the owner, sent after the state is committed."""
@@ -208,7 +257,8 @@ class Daemon:
         for chunk_start in range(0, len(uids), 500):
             chunk = uids[chunk_start : chunk_start + 500]
             heads = list(mailbox.fetch_headers(chunk))
-            with self.store.transaction() as tx:
+            with self.store.transaction() as raw_tx:
+                tx = Book(raw_tx)
                 for fetched in heads:
                     try:
                         mail = parse_headers(fetched.header_bytes, folder, fetched.uid)
@@ -232,7 +282,7 @@ class Daemon:
             tx.set_cursor(cursor)
 
     def handle(
-        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> None:
         """Decide what one new message means, from its headers first."""
@@ -251,8 +301,7 @@ class Daemon:
         if _listed(head.from_addr, self.config.firm.payment_senders):
             self._payment(tx, mailbox, head, size, now, notices)
             return
-        cases = tx.cases()
-        index = thread_index(cases.values())
+        index = tx.index
         if kind is Kind.FIRM:
             numbers = cases_for(head, (), index)  # thread headers only
             if numbers:
@@ -269,9 +318,8 @@ class Daemon:
                 if full is not None:
                     self._invoice_mail(tx, full, now, notices)
             return
-        open_cases = [c for c in cases.values() if c.state in OPEN_STATES]
-        numbers = cases_for(head, open_cases, index)
-        theirs = [c for c in open_cases if same_client(head.from_addr, c.client_addrs)]
+        theirs = tx.open_cases_of(head.from_addr)
+        numbers = cases_for(head, theirs, index)
         if not numbers and not (theirs or kind is Kind.BOUNCE):
             return  # not about any case: most of an inbox
         full = self._full(mailbox, head, size, now)
@@ -280,7 +328,7 @@ class Daemon:
         if kind is Kind.BOUNCE:
             self._bounce(tx, full, mailbox, now, notices)
             return
-        numbers = numbers or cases_for(full, open_cases, index)
+        numbers = numbers or cases_for(full, theirs, index)
         if kind is Kind.REPLY and theirs:
             # A reply that names invoices is about those; one that names none is about
             # every open invoice of that client (they answered "the" reminder).
@@ -303,7 +351,7 @@ class Daemon:
 
     # -- the owner's mail: commands, by email or by folder -----------------------------
     def _owner_mail(
-        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> bool:
         """Commands the owner wrote; True when the mail held any (applied or refused)."""
@@ -321,7 +369,7 @@ class Daemon:
         trust = trust_of(full, owners=firm.owners, firm_addresses=firm.addresses,
                          authserv_id=self.config.firm.authserv_id, notice_ids=notice_ids,
                          folder_is_sent=full.folder == self._sent_folder)
-        thread_numbers = cases_for(full, (), thread_index(tx.cases().values()))
+        thread_numbers = cases_for(full, (), tx.index)
         if not thread_numbers and full.headers.get("x-relance-invoice"):
             thread_numbers = [full.headers["x-relance-invoice"].strip()]
         if not trust.trusted:
@@ -437,7 +485,7 @@ class Daemon:
 
     # -- payment notices ---------------------------------------------------------------
     def _payment(
-        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> None:
         full = self._full(mailbox, head, size, now)
@@ -529,7 +577,7 @@ class Daemon:
             self.event(now, "message-skipped", folder=head.folder, uid=head.uid, reason=str(exc))
             return None
 
-    def _own_copy(self, tx: Transaction, head: Mail, now: datetime) -> None:
+    def _own_copy(self, tx: Book, head: Mail, now: datetime) -> None:
         """A copy of our own reminder (in Sent, or sent by the owner from Drafts)."""
         number = head.headers.get("x-relance-invoice", "").strip()
         case = tx.get_case(number) if number else None
@@ -552,7 +600,7 @@ class Daemon:
         if updated is not case:
             tx.put_case(updated)
 
-    def _firm_wrote(self, tx: Transaction, numbers: list[str], head: Mail, now: datetime) -> None:
+    def _firm_wrote(self, tx: Book, numbers: list[str], head: Mail, now: datetime) -> None:
         """The firm wrote by hand in a thread: a contact, so the next step keeps its gap."""
         for number in numbers:
             case = tx.get_case(number)
@@ -567,7 +615,7 @@ class Daemon:
             self.event(now, "firm-wrote", number, subject=head.subject, written_at=at)
 
     def _invoice_mail(
-        self, tx: Transaction, mail: Mail, now: datetime, notices: list[Notice]
+        self, tx: Book, mail: Mail, now: datetime, notices: list[Notice]
     ) -> None:
         found, notes = extract_invoices_with_notes(mail)
         if notes:
@@ -591,12 +639,14 @@ class Daemon:
                        state=case.state.value, source=facts.source,
                        missing=list(facts.missing) or None, notes=list(facts.notes) or None)
             if case.state is CaseState.NEEDS_FACTS:
+                # Only what blocks chasing is "missing": a due date worked out from
+                # the payment terms is known.
                 notices.append(Notice("needs-facts", "notice-needs-facts", case, {
-                    "facts": facts, "mail": mail, "missing": list(_missing(case)),
-                    "detail": "; ".join(facts.notes)}))
+                    "facts": dataclasses.replace(facts, missing=()), "mail": mail,
+                    "missing": list(_missing(case)), "detail": "; ".join(facts.notes)}))
 
     def _credit_note(
-        self, tx: Transaction, facts: InvoiceFacts, mail: Mail, now: datetime,
+        self, tx: Book, facts: InvoiceFacts, mail: Mail, now: datetime,
         notices: list[Notice],
     ) -> None:
         """A credit note (avoir) lowers what the invoice it names still owes, once."""
@@ -641,7 +691,7 @@ class Daemon:
             f"{money_text(credited, target.currency)} en moins, {_describe_case(updated)}")}))
 
     def _replaced(
-        self, tx: Transaction, number: str, by: str, now: datetime, notices: list[Notice]
+        self, tx: Book, number: str, by: str, now: datetime, notices: list[Notice]
     ) -> None:
         """A corrected invoice replaces an earlier one: the earlier one is not chased."""
         old = tx.get_case(number)
@@ -657,7 +707,7 @@ class Daemon:
                 "suivront leur propre calendrier.")}))
 
     def _invoice_again(
-        self, tx: Transaction, case: Case, facts: InvoiceFacts, mail: Mail, now: datetime,
+        self, tx: Book, case: Case, facts: InvoiceFacts, mail: Mail, now: datetime,
         notices: list[Notice],
     ) -> None:
         """The same number again: one case, thread kept; new facts only where safe."""
@@ -730,7 +780,7 @@ class Daemon:
         return case
 
     def _client_replied(
-        self, tx: Transaction, case: Case, mail: Mail, now: datetime, notices: list[Notice]
+        self, tx: Book, case: Case, mail: Mail, now: datetime, notices: list[Notice]
     ) -> None:
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
             intent = reply_intent(mail.text)
@@ -768,7 +818,7 @@ class Daemon:
                                    reason=f"out of office until {back:%Y-%m-%d}")
 
     def _bounce(
-        self, tx: Transaction, mail: Mail, mailbox: Mailbox, now: datetime,
+        self, tx: Book, mail: Mail, mailbox: Mailbox, now: datetime,
         notices: list[Notice],
     ) -> None:
         raw = mailbox.fetch_message(mail.folder, mail.uid) or b""
@@ -1213,7 +1263,7 @@ def _missing(case: Case) -> list[str]:
     if case.amount is None:
         missing.append("amount")
     if case.due_date is None:
-        missing.append("due date")
+        missing.append("due_date")
     return missing
 
 

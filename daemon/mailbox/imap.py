@@ -59,7 +59,8 @@ class Mailbox:
 
     # -- connection -------------------------------------------------------------------
     def connect(self) -> Mailbox:
-        context = ssl.create_default_context()
+        # Loading the CA store costs ~20 ms: only when the link is encrypted.
+        context = ssl.create_default_context() if self.server.security != "none" else None
         client = imapclient.IMAPClient(
             self.server.host,
             port=self.server.port,
@@ -68,7 +69,7 @@ class Mailbox:
             timeout=self.server.timeout,
         )
         if self.server.security == "starttls":
-            client.starttls(context)
+            client.starttls(context or ssl.create_default_context())
         client.login(self.server.username, self.server.secret())
         self.client = client
         return self

@@ -217,8 +217,8 @@ class Rules(BaseModel):
     adopt_max_age: Offset = Offset(days=120)
     # What a client's reply does: "pause" until the owner resumes, or "pause 14d".
     after_reply: str = "pause"
-    # An out-of-office: "wait" for the return date it states, or "continue".
-    after_auto_reply: Literal["wait", "continue"] = "wait"
+    # An out-of-office: "continue" (it is no answer), or "wait" for the date it states.
+    after_auto_reply: Literal["wait", "continue"] = "continue"
     late_payment: LatePayment = LatePayment()
     digest: DigestRule | None = DigestRule()  # null: no weekly digest
 

@@ -111,7 +111,8 @@ def listener() -> Iterator[Listener]:
 
 
 def runtime(rules: Rules, calendar: BusinessCalendar, label: str) -> Any:
-    config = SimpleNamespace(tz=PARIS, mode=Mode.SEND)
+    config = SimpleNamespace(tz=PARIS, mode=Mode.SEND, rules_dir=Path("/nonexistent/rules"),
+                             templates_dir=Path("/nonexistent/templates"))
     templates = SimpleNamespace(names=lambda: ["courtesy"])
     return SimpleNamespace(rules=rules, calendar=calendar, config=config, templates=templates,
                            label=label)
