@@ -40,6 +40,8 @@ class BusinessCalendar:
     end: time  # send window end (exclusive), wall-clock time in tz
     country: str = "FR"
     subdivision: str | None = None
+    # Weekdays with hours of their own: weekday → (start, end).
+    per_day: tuple[tuple[int, time, time], ...] = ()
     _holidays: dict[int, frozenset[date]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -60,7 +62,19 @@ class BusinessCalendar:
             end=rules.send_window.end,
             country=country,
             subdivision=subdiv,
+            per_day=tuple(
+                (day, *rules.send_window.hours(day)) for day in range(7)
+                if rules.send_window.hours(day) != (rules.send_window.start,
+                                                    rules.send_window.end)
+            ),
         )
+
+    def hours(self, d: date) -> tuple[time, time]:
+        """The send window's (start, end) on that day."""
+        for weekday, start, end in self.per_day:
+            if weekday == d.weekday():
+                return start, end
+        return self.start, self.end
 
     def public_holidays(self, year: int) -> frozenset[date]:
         """The public holidays of one year, computed once."""
@@ -106,7 +120,7 @@ class BusinessCalendar:
         winter); a start that falls in a spring-forward gap is moved to a real instant.
         """
         day = self.first_business_day(d)
-        at = datetime.combine(day, self.start, tzinfo=self.tz)
+        at = datetime.combine(day, self.hours(day)[0], tzinfo=self.tz)
         return at.astimezone(UTC).astimezone(self.tz)
 
     def in_window(self, at: datetime) -> bool:
@@ -115,8 +129,8 @@ class BusinessCalendar:
         local = _aware(at, "at").astimezone(self.tz)
         if not self.is_business_day(local.date()):
             return False
-        wall = local.time()
-        return self.start <= wall < self.end
+        start, end = self.hours(local.date())
+        return start <= local.time() < end
 
 
 def plan_next(

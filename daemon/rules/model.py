@@ -88,6 +88,21 @@ class Step(BaseModel):
     _check_offset = field_validator("offset", mode="before")(_offset)
 
 
+class DayWindow(BaseModel):
+    """One weekday's own hours in the send window."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DayWindow:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} must come after start {self.start}")
+        return self
+
+
 class SendWindow(BaseModel):
     """When reminders may leave, in the firm's time zone."""
 
@@ -96,6 +111,8 @@ class SendWindow(BaseModel):
     days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
     start: time = time(8, 30)
     end: time = time(10, 0)
+    # A weekday with other hours: `per_day: {fri: {start: "08:30", end: "09:15"}}`.
+    per_day: dict[str, DayWindow] = Field(default_factory=dict)
 
     @field_validator("days")
     @classmethod
@@ -120,6 +137,24 @@ class SendWindow(BaseModel):
     def weekdays(self) -> frozenset[int]:
         """Days as `date.weekday()` numbers (Monday is 0)."""
         return frozenset(_WEEKDAYS.index(d) for d in self.days)
+
+    @field_validator("per_day")
+    @classmethod
+    def _known_per_day(cls, per_day: dict[str, DayWindow]) -> dict[str, DayWindow]:
+        out = {}
+        for day, window in per_day.items():
+            key = day.strip().lower()[:3]
+            if key not in _WEEKDAYS:
+                raise ValueError(
+                    f'unknown day "{day}"; expected one of {", ".join(_WEEKDAYS)}'
+                )
+            out[key] = window
+        return out
+
+    def hours(self, weekday: int) -> tuple[time, time]:
+        """(start, end) on a weekday (Monday is 0): its own hours, else the common ones."""
+        own = self.per_day.get(_WEEKDAYS[weekday])
+        return (own.start, own.end) if own is not None else (self.start, self.end)
 
 
 class Holidays(BaseModel):

@@ -159,3 +159,19 @@ def test_timed_pause_after_reply_resumes_by_itself() -> None:
 )
 def test_out_of_office_return_date(text: str, back: date | None) -> None:
     assert stated_return(text, date(2026, 12, 8)) == back
+
+
+def test_a_weekday_can_have_hours_of_its_own() -> None:
+    r = rules(send_window={"start": "08:30", "end": "10:00",
+                           "per_day": {"fri": {"start": "11:00", "end": "11:30"}}})
+    cal = calendar(r)
+    thursday, friday = date(2026, 11, 12), date(2026, 11, 13)
+    assert cal.in_window(at(thursday, 9)) and not cal.in_window(at(friday, 9))
+    assert cal.in_window(at(friday, 11, 10)) and not cal.in_window(at(friday, 11, 30))
+    assert cal.next_window_start(friday) == at(friday, 11)
+    assert cal.next_window_start(thursday) == at(thursday, 8, 30)
+
+
+def test_per_day_hours_name_real_days() -> None:
+    with pytest.raises(ValueError, match='unknown day "fry"'):
+        rules(send_window={"per_day": {"fry": {"start": "08:30", "end": "09:00"}}})
