@@ -1177,8 +1177,11 @@ class Daemon:
             case.number or None, notice.kind, now + timedelta(microseconds=position),
             self.rt.firm.domain, self.secret,
         )
+        # The notices of one case form one thread in the owner's mail program.
+        parent = notice.in_reply_to or next(
+            (m for m in reversed(case.thread_ids) if compose.is_notice_id(m, self.secret)), None)
         return compose.build_owner_notice(self.rt.firm, rendered.subject, rendered.text, now,
-                                          message_id, notice.case, notice.in_reply_to,
+                                          message_id, notice.case, parent,
                                           kind=notice.kind, attachments=notice.attachments)
 
     # -- the daemon -------------------------------------------------------------------
