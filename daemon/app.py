@@ -76,7 +76,7 @@ from relance.model import (
 )
 from relance.rules.load import load_rules
 from relance.rules.model import Rules, Step
-from relance.store.evidence import EvidenceError, safe_name
+from relance.store.evidence import EvidenceError, dkim_check, safe_name
 from relance.store.journal import Journal
 from relance.store.secret import load_or_create_secret
 from relance.store.state import Cursor, StateStore, Transaction
@@ -89,6 +89,7 @@ NOTICE_TEMPLATES = (
     "notice-formal-notice", "notice-task", "notice-confirm", "notice-unverified",
     "notice-payment", "notice-digest",
 )
+MAX_HEADER_SCAN = 64 * 1024
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # bigger mails are noted, not parsed
 REIDLE_SECONDS = 9 * 60  # re-issue IDLE before providers drop it at 10 minutes
 
@@ -192,6 +193,7 @@ class Daemon:
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self.secret = load_or_create_secret(store.state_dir)
         self._sent_folder = ""
+        self._last_raw = b""
         self._drop_folders: dict[str, str] = {}
         # Letters made this run, kept for the case's evidence bundle.
         self._letters: dict[str, tuple[Attachment, ...]] = {}
@@ -345,7 +347,8 @@ class Daemon:
                 case = self._auto_replied(case, full, now)
                 tx.put_case(case)
                 self.event(now, "auto-reply", number, sender=full.from_addr,
-                           subject=full.subject, waits_until=case.paused_until)
+                           subject=full.subject, waits_until=case.paused_until,
+                           message_id=full.message_id, dkim=self._dkim_on_arrival(full, now))
                 continue
             self._client_replied(tx, case, full, now, notices)
 
@@ -571,6 +574,7 @@ class Daemon:
         raw = mailbox.fetch_message(head.folder, head.uid)
         if raw is None:
             return None
+        self._last_raw = raw  # for the DKIM check of a client's message, as it arrived
         try:
             return parse_message(raw, head.folder, head.uid)
         except ParseFailure as exc:
@@ -802,7 +806,16 @@ class Daemon:
         tx.put_case(case)
         self.event(now, "client-replied", case.number, sender=mail.from_addr,
                    subject=mail.subject, state=case.state.value,
-                   intent=reply_intent(mail.text))
+                   intent=reply_intent(mail.text), message_id=mail.message_id,
+                   dkim=self._dkim_on_arrival(mail, now))
+
+    def _dkim_on_arrival(self, mail: Mail, now: datetime) -> dict[str, Any] | None:
+        """DKIM of a client's message checked when it arrives (dkimpy), for the evidence
+        bundle: a key rotated later cannot then cast doubt on it."""
+        raw = self._last_raw
+        if not raw or mail.message_id.encode() not in raw[:MAX_HEADER_SCAN]:
+            return None
+        return dkim_check(raw, now)
 
     def _auto_replied(self, case: Case, mail: Mail, now: datetime) -> Case:
         """An out-of-office is not an answer, but its stated return date may hold the

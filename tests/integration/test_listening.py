@@ -63,6 +63,9 @@ def test_owner_answers_a_notification_with_paid(office: Office, make_user) -> No
     case = office.case(NUMBER)
     assert case.state is CaseState.PAUSED
     assert "promised to pay" in case.reason
+    replied = next(e for e in office.journal(NUMBER) if e["event"] == "client-replied")
+    assert isinstance(replied["dkim"], dict)  # checked on arrival, kept for the evidence
+    assert replied["dkim"]["result"] in ("none", "unsigned")
     notice = office.notices()[-1]
     assert notice["X-Relance-Notice"] == "reply"
     assert notice["Auto-Submitted"] == "auto-generated"
