@@ -46,6 +46,7 @@ from relance.core.listen import (
     money_text,
     new_part,
     parse_commands,
+    plan_instalments,
     read_payment,
     reply_intent,
     trust_of,
@@ -53,8 +54,10 @@ from relance.core.listen import (
 from relance.core.schedule import (
     BusinessCalendar,
     client_key,
+    current_instalment,
     due_decisions,
     plan_next,
+    step_for,
     with_client_contacts,
 )
 from relance.core.thread import cases_for, same_client, thread_index
@@ -87,7 +90,7 @@ log = logging.getLogger("relance")
 NOTICE_TEMPLATES = (
     "notice-reply", "notice-bounce", "notice-needs-facts", "notice-send-unknown",
     "notice-formal-notice", "notice-task", "notice-confirm", "notice-unverified",
-    "notice-payment", "notice-digest",
+    "notice-payment", "notice-digest", "instalment",
 )
 MAX_HEADER_SCAN = 64 * 1024
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # bigger mails are noted, not parsed
@@ -431,10 +434,22 @@ class Daemon:
         raise CommandRefused(f"{command.verb}: not a command relance knows")
 
     def _plan(self, case: Case, command: Command, now: datetime) -> Case:
-        """Instalment plans are understood but not chased one by one yet: say so."""
-        raise CommandRefused(
-            "instalment plans are not handled yet; pause the invoice until the first "
-            "instalment (`pause until DATE`) and record each payment with `paid AMOUNT`"
+        """Instalments: the balance split exactly, each chased once if not paid on time."""
+        if case.state not in OPEN_STATES and case.state is not CaseState.FORMAL_NOTICE:
+            raise CommandRefused(f"{case.number} is {case.state.value}: no plan to make")
+        if case.balance is None or command.count is None:
+            raise CommandRefused(f"{case.number}: no amount known to split; set it first")
+        today = now.astimezone(self.config.tz).date()
+        parts = plan_instalments(case.balance, command.count, command.period or "monthly",
+                                 today)
+        # Earlier payments stay counted: the plan covers what is still owed after them.
+        already = case.paid + case.credited
+        if already:
+            parts = [(parts[0][0], parts[0][1] + already), *parts[1:]]
+        return dataclasses.replace(
+            case, instalments=tuple(parts), state=CaseState.CHASING, paused_until=None,
+            reason=f"plan: {len(parts)} instalments, {parts[0][0]:%Y-%m-%d} to "
+                   f"{parts[-1][0]:%Y-%m-%d}",
         )
 
     def sync_drop_folders(self, mailbox: Mailbox, now: datetime, notices: list[Notice]) -> None:
@@ -925,10 +940,15 @@ class Daemon:
         attachments: Iterable[Attachment] = (), others: Iterable[Case] = (),
     ) -> compose.Rendered:
         others = tuple(others)
+        current = current_instalment(case) if case.instalments else None
+        instalment = None if current is None else compose.InstalmentVars(
+            index=current[0], count=len(case.instalments), date=current[1],
+            owed=current[2], plan=tuple(case.instalments),
+        )
         context = compose.template_context(
             case, decision, self.rt.firm, now, case.steps,
             attachments=[a.filename for a in attachments], others=others,
-            late=self.late_fees((case, *others), decision, now),
+            late=self.late_fees((case, *others), decision, now), instalment=instalment,
         )
         return self.rt.templates.render(decision.template, case.language, context)
 
@@ -1112,7 +1132,7 @@ class Daemon:
                 self.event(now, "evidence-failed", number, reason=f"{type(exc).__name__}: {exc}")
 
     def _step(self, case: Case, decision: Decision) -> Step:
-        return self.rt.rules.steps_for(case.client_addrs)[decision.step_index - 1]
+        return step_for(self.rt.rules, case, decision.step_index)
 
     def _invoice_attachments(self, mailbox: Mailbox, case: Case) -> tuple[Attachment, ...]:
         """The invoice's own PDFs, attached again so the client has it at hand."""

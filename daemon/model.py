@@ -144,6 +144,9 @@ class Case:
     invoice_uid: int = 0
     language: str = "fr"
     opened_at: datetime | None = None
+    # An instalment plan the owner agreed ("plan 3x monthly"): (date, amount) each; the
+    # calendar then gives way to one reminder per instalment not paid on time.
+    instalments: tuple[tuple[date, Decimal], ...] = ()
 
     @property
     def balance(self) -> Decimal | None:

@@ -108,6 +108,17 @@ class StepVars:
 
 
 @dataclass(frozen=True)
+class InstalmentVars:
+    """The instalment a reminder asks for, when the owner agreed a plan."""
+
+    index: int = 1  # counting from 1
+    count: int = 1
+    date: date | None = None
+    owed: Decimal = Decimal("0.00")  # due by this instalment and not yet paid
+    plan: tuple[tuple[date, Decimal], ...] = ()
+
+
+@dataclass(frozen=True)
 class LateVars:
     """Late-payment penalties and indemnity as of today, for the later reminders.
 
@@ -271,6 +282,7 @@ def template_context(
     penalty_rate_text: str | None = None,
     others: Sequence[Case] = (),
     late: LateVars | None = None,
+    instalment: InstalmentVars | None = None,
 ) -> dict[str, object]:
     """The variables a template sees for one case.
 
@@ -313,6 +325,7 @@ def template_context(
         "penalty_rate_text": penalty_rate_text or PENALTY_RATE_TEXT[language],
         "attachments": tuple(attachments),
         "late": late if late is not None else LateVars(),
+        "instalment": instalment if instalment is not None else InstalmentVars(),
         "notice": notice if notice is not None else NoticeVars(kind=""),
         "now": now,
         "today": today,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -239,6 +240,8 @@ def _next_step(
 
     today = now.astimezone(cal.tz).date()
     not_before = _not_before(case, rules, cal)
+    if case.instalments:
+        return _next_instalment(case, rules, cal, not_before)
     steps = rules.steps_for(case.client_addrs)
     for index in range(case.last_step + 1, len(steps) + 1):
         step = steps[index - 1]
@@ -252,6 +255,48 @@ def _next_step(
             continue
         return index, step, at
     return None
+
+
+INSTALMENT_STEP_BASE = 1000  # step k of a plan is recorded as index 1000 + k
+
+
+def current_instalment(case: Case) -> tuple[int, date, Decimal] | None:
+    """(k, date, amount owed by then) of the first instalment not yet covered by what was
+    paid or credited, k counting from 1; None when the plan is paid."""
+    covered = case.paid + case.credited
+    cumulative = Decimal(0)
+    for k, (day, amount) in enumerate(case.instalments, start=1):
+        cumulative += amount
+        if cumulative > covered:
+            return k, day, cumulative - covered
+    return None
+
+
+def step_for(rules: Rules, case: Case, index: int) -> Step:
+    """The step recorded under `index` for this case: a calendar step, or an instalment's
+    reminder (index INSTALMENT_STEP_BASE + k)."""
+    if index > INSTALMENT_STEP_BASE:
+        return Step(name=f"instalment-{index - INSTALMENT_STEP_BASE}",
+                    offset=rules.instalment_reminder, template="instalment", tone="friendly")
+    return rules.steps_for(case.client_addrs)[index - 1]
+
+
+def _next_instalment(
+    case: Case, rules: Rules, cal: BusinessCalendar, not_before: date | None
+) -> tuple[int, Step, datetime] | None:
+    """One reminder per instalment not paid on time; nothing more until it is paid."""
+    current = current_instalment(case)
+    if current is None:
+        return None
+    k, day, _owed = current
+    index = INSTALMENT_STEP_BASE + k
+    if case.last_step >= index:
+        return None  # reminded once already: the owner is told by the digest
+    step = step_for(rules, case, index)
+    earliest = cal.add(day, rules.instalment_reminder)
+    if not_before is not None:
+        earliest = max(earliest, not_before)
+    return index, step, cal.next_window_start(earliest)
 
 
 def _chased_at(case: Case, now: datetime) -> bool:

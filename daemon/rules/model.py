@@ -256,8 +256,11 @@ class Rules(BaseModel):
     after_auto_reply: Literal["wait", "continue"] = "continue"
     late_payment: LatePayment = LatePayment()
     digest: DigestRule | None = DigestRule()  # null: no weekly digest
+    # With an instalment plan: one reminder this long after an instalment not paid.
+    instalment_reminder: Offset = Offset(days=3)
 
     _check_after_reply = field_validator("after_reply", mode="before")(_after_reply)
+    _check_instalment = field_validator("instalment_reminder", mode="before")(_offset)
 
     _check_offsets = field_validator("min_gap", "default_terms", "adopt_max_age", mode="before")(
         _offset

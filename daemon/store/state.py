@@ -381,6 +381,7 @@ def case_to_doc(case: Case) -> dict[str, Any]:
         "invoice_uid": case.invoice_uid,
         "language": case.language,
         "opened_at": _opt_instant_to_str(case.opened_at),
+        "instalments": [[d.isoformat(), str(a)] for d, a in case.instalments],
     }
 
 
@@ -418,6 +419,9 @@ def case_from_doc(doc: Mapping[str, Any]) -> Case:
             "invoice_uid": int,
             "language": str,
             "opened_at": _opt_instant_from_str,
+            "instalments": lambda v: tuple(
+                (date.fromisoformat(d), _decimal_from_str(a)) for d, a in v
+            ),
         }
         for field, convert in optional.items():
             if field in doc:

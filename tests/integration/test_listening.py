@@ -229,3 +229,32 @@ def test_reply_naming_no_invoice_pauses_all_of_the_clients(office: Office, make_
     assert office.case(NUMBER).state is CaseState.PAUSED
     assert office.case("F-2026-0043").state is CaseState.PAUSED
 
+
+
+def test_instalment_plan_by_email_is_chased_one_instalment_at_a_time(
+    office: Office, make_user
+) -> None:
+    client = make_user("client")
+    _chased(office, client, amount="900,00")
+    owner_domain = office.owner.address.rpartition("@")[2]
+    plan = message(office.owner.address, office.firm.address, "plan",
+                   f"plan 3x monthly {NUMBER}\n", at(date(2026, 11, 25), 8))
+    plan["Authentication-Results"] = f"{AUTHSERV_ID}; dkim=pass header.d={owner_domain}"
+    office.append("INBOX", plan, flags=())
+    office.on(date(2026, 11, 25))
+    case = office.case(NUMBER)
+    assert [(d.isoformat(), str(a)) for d, a in case.instalments] == [
+        ("2026-11-25", "300.00"), ("2026-12-25", "300.00"), ("2027-01-25", "300.00")]
+    before = len(office.received_by(client))
+    office.mornings(date(2026, 11, 26), date(2026, 12, 4))  # instalment 1 not paid
+    sent = office.received_by(client)[before:]
+    assert [m["X-Relance-Step"] for m in sent] == ["1001"]
+    assert "versement n° 1" in text_of(sent[0]) and "300,00 €" in text_of(sent[0])
+    from relance.cli import main
+
+    assert main(["paid", NUMBER, "--amount", "300", "--config", str(office.config_path),
+                 "--now", "2026-12-04T12:00:00+01:00"]) == 0
+    office.mornings(date(2026, 12, 7), date(2026, 12, 31))  # instalment 2 due 25 Dec
+    sent = office.received_by(client)[before:]
+    assert [m["X-Relance-Step"] for m in sent] == ["1001", "1002"]
+    assert office.case(NUMBER).balance == 600

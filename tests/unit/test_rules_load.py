@@ -111,7 +111,7 @@ BROKEN: list[tuple[str, dict[str, str], list[str]]] = [
             'rules/timing.yaml:1:1: unknown key "min_gaps"; did you mean "min_gap"? '
             "expected one of: steps, send_window, holidays, min_gap, default_terms, "
             "language, tone, clients, adopt_max_age, after_reply, after_auto_reply, "
-            "late_payment, digest"
+            "late_payment, digest, instalment_reminder"
         ],
     ),
     (

@@ -27,7 +27,7 @@ NOW = datetime(2026, 12, 16, 9, 0, tzinfo=PARIS)
 # space before the euro sign.
 FR_AMOUNT = "1\u202f234,56\u00a0€"
 
-REMINDERS = ("courtesy", "reminder-1", "reminder-2", "reminder-3")
+REMINDERS = ("courtesy", "reminder-1", "reminder-2", "reminder-3", "instalment")
 NOTICES = (
     "notice-reply",
     "notice-formal-notice",
