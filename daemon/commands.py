@@ -200,13 +200,20 @@ def _read_cases(config: Config) -> dict[str, Case]:
         return view.cases()
 
 
-def status(args: argparse.Namespace) -> int:
+def _loaded(args: argparse.Namespace) -> tuple[Config, app.Runtime] | None:
+    """The config and the rules and templates, problems already printed when None."""
     config = _config(args)
     if config is None:
-        return 1
+        return None
     runtime = _runtime(config)
-    if runtime is None:
+    return None if runtime is None else (config, runtime)
+
+
+def status(args: argparse.Namespace) -> int:
+    loaded = _loaded(args)
+    if loaded is None:
         return 1
+    config, runtime = loaded
     now = _now(args, config)
     try:
         cases = _read_cases(config)
@@ -239,12 +246,10 @@ def status(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
+    loaded = _loaded(args)
+    if loaded is None:
         return 1
-    runtime = _runtime(config)
-    if runtime is None:
-        return 1
+    config, runtime = loaded
     now = _now(args, config)
     case = _read_cases(config).get(args.number)
     if case is None:

@@ -211,7 +211,7 @@ class _Money:
     rank: int
 
 
-def _parse_amount(raw: str) -> Decimal | None:
+def parse_money(raw: str) -> Decimal | None:
     """'1 234,56', '1.234,56', '1,234.56', '1234.5' → Decimal; a 3-digit tail is thousands."""
     digits = re.sub(r"[ ']", "", raw)
     separator = max(digits.rfind("."), digits.rfind(","))
@@ -278,7 +278,7 @@ def _amount_in(folded: str) -> tuple[Decimal, str] | None:
         previous_end = end
         if _PERCENT_AFTER_RE.match(folded, match.end("num")):
             continue
-        amount = _parse_amount(match.group("num"))
+        amount = parse_money(match.group("num"))
         if amount is None:
             continue
         symbol = match.group("pre") or match.group("suf")

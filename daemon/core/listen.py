@@ -18,11 +18,11 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 
 from relance.core.classify import is_own
 from relance.core.commands import CommandRefused, parse_amount, parse_duration
-from relance.core.extract import invoice_numbers_in
+from relance.core.extract import invoice_numbers_in, parse_money
 from relance.model import Case, CaseState, Mail
 
 CENT = Decimal("0.01")
@@ -247,21 +247,6 @@ _REFERENCE_RE = re.compile(
 _REFERENCE_TOKEN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|[._/-](?=[A-Za-z0-9]))*")
 
 
-def _parse_money(raw: str) -> Decimal | None:
-    """'1 234,56', '1.234,56', '1,234.56' → Decimal: a 1-2 digit tail is the cents."""
-    digits = re.sub(r"[ ']", "", raw)
-    separator = max(digits.rfind("."), digits.rfind(","))
-    if separator >= 0 and len(digits) - separator - 1 in (1, 2):
-        whole, fraction = digits[:separator], digits[separator + 1 :]
-    else:
-        whole, fraction = digits, ""
-    whole = whole.replace(".", "").replace(",", "")
-    try:
-        return Decimal(f"{whole or '0'}.{fraction}" if fraction else whole)
-    except InvalidOperation:
-        return None
-
-
 def _currency(symbol: str | None) -> str | None:
     if not symbol:
         return None
@@ -275,7 +260,7 @@ def _notice_amount(folded: str) -> tuple[Decimal, str] | None:
     plain: tuple[Decimal, str] | None = None
     for match in _MONEY_RE.finditer(folded):
         symbol = match.group("pre") or match.group("suf")
-        amount = _parse_money(match.group("num"))
+        amount = parse_money(match.group("num"))
         if not symbol or amount is None or amount <= 0:
             continue
         before = folded[max(0, match.start() - 40) : match.start()]
