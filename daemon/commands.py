@@ -136,12 +136,10 @@ def check(args: argparse.Namespace) -> int:
 
 # -- run -------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
+    loaded = _loaded(args)
+    if loaded is None:
         return 1
-    runtime = _runtime(config)
-    if runtime is None:
-        return 1
+    config, runtime = loaded
     try:
         store = StateStore(config.state_dir)
         daemon = app.Daemon(runtime, store, Journal(config.state_dir))
