@@ -324,7 +324,7 @@ Will-Retry-Until: Sat, 28 Nov 2026 10:10:10 +0100 (CET)
 
 def test_a_delay_warning_flags_no_address() -> None:
     """A delay warning looks like a bounce, but only permanent failures flag an address."""
-    from relance.app import _bounce_addresses
+    from relance.listening import _bounce_addresses
 
     assert classify(raw_mail(POSTFIX_DELAYED), FIRM) is Kind.BOUNCE
     assert _bounce_addresses(POSTFIX_DELAYED.strip().encode()) == frozenset()
