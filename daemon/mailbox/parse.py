@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.errors
 import email.parser
 import email.policy
 import email.utils
@@ -46,18 +47,33 @@ def _decode(value: object) -> str:
     if value is None:
         return ""
     text = str(value)
-    with contextlib.suppress(UnicodeError, LookupError, ValueError, binascii.Error):
+    with contextlib.suppress(
+        UnicodeError, LookupError, ValueError, binascii.Error, email.errors.HeaderParseError
+    ):
         text = str(make_header(decode_header(text)))
     return " ".join(text.split())
 
 
+_BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _pairs(values: list[str]) -> list[tuple[str, str]]:
+    """(name, address) pairs; the stdlib parser recurses once per nested comment, so a
+    hostile header falls back to bare addresses instead of a RecursionError."""
+    decoded = [_decode(v) for v in values]
+    try:
+        return email.utils.getaddresses(decoded)
+    except RecursionError:
+        return [("", a) for v in decoded for a in _BARE_ADDRESS.findall(v)]
+
+
 def _names(values: list[str]) -> dict[str, str]:
-    pairs = email.utils.getaddresses([_decode(v) for v in values])
+    pairs = _pairs(values)
     return {a.strip().lower(): n.strip() for n, a in pairs if "@" in a and n.strip()}
 
 
 def _addresses(values: list[str]) -> tuple[str, ...]:
-    pairs = email.utils.getaddresses([_decode(v) for v in values])
+    pairs = _pairs(values)
     return tuple(dict.fromkeys(a.strip().lower() for _, a in pairs if "@" in a))
 
 
@@ -77,7 +93,7 @@ def parse_headers(raw_headers: bytes, folder: str = "", uid: int = 0) -> Mail:
     """A `Mail` from a header block (no body); cheap enough for every message."""
     parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
     msg = parser.parsebytes(raw_headers[:MAX_HEADER_BYTES])
-    from_pairs = email.utils.getaddresses([_decode(msg.get("From", ""))])
+    from_pairs = _pairs([msg.get("From", "")])
     from_name, from_addr = from_pairs[0] if from_pairs else ("", "")
     in_reply_to = _message_ids(_decode(msg.get("In-Reply-To", "")))
     message_id = _message_ids(_decode(msg.get("Message-ID", "")))
