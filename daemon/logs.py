@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 FORMAT_VARIABLE = "RELANCE_LOG_FORMAT"
+LIBRARY_NOISE = ("pypdf", "pypdf._reader", "factur-x", "facturx", "flufl.bounce")
 QUIET_LOGGERS = ("imapclient", "mail-parser", "mailparser", "aiosmtplib", "mail.log")
 
 # One `key=value` or `key="quoted \" value"` pair; keys as the program writes them.
@@ -169,3 +170,7 @@ def setup(verbose: bool = False, stream: TextIO | None = None,
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries that narrate every damaged attachment or DSN they read: relance says what
+    # matters itself (an `extraction-notes` or `message-skipped` event, with the case).
+    for chatty in LIBRARY_NOISE:
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
