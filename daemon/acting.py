@@ -138,6 +138,10 @@ class Acting:
                        step=decision.step_index, step_name=decision.step_name,
                        to=message["To"], subject=message["Subject"])
             return
+        if mode is not Mode.DRY_RUN:
+            # News on the case that arrived since this pass's sync wins (a reply a second
+            # ago): read INBOX once more; nothing new costs one SELECT.
+            self.sync_folder(mailbox, "INBOX", now, notices)
         if mode is Mode.SEND and mailbox.find_message_id(sent_folder, message_id):
             # Already in Sent: a state restored from a backup, or a copy the provider
             # filed itself. The client has it; record it, never send it again.
@@ -168,6 +172,17 @@ class Acting:
         with self.store.transaction() as tx:
             if mode is Mode.SEND:
                 tx.send_result(message_id, outcome.status, outcome.reply, at=now)
+            if outcome.status == "failed" and not outcome.transient:
+                # A permanent refusal: retrying every pass would change nothing.
+                for item_case, _decision in items:
+                    fresh = tx.get_case(item_case.number) or item_case
+                    tx.put_case(dataclasses.replace(
+                        fresh, state=CaseState.PAUSED, paused_until=None,
+                        reason=f"the mail server refused the reminder: {outcome.reply}"))
+                notices.append(Notice("refused", "notice-confirm", case, {"detail": (
+                    f"? la relance de la facture n° {case.number} ({decision.step_name}) a été "
+                    f"refusée par le serveur d'envoi : {outcome.reply}. Les relances de cette "
+                    "facture sont en pause : vérifiez l'adresse du client, puis `resume`.")}))
             if outcome.status in ("sent", "unknown", "drafted"):
                 for item_case, item_decision in items:
                     fresh = tx.get_case(item_case.number) or item_case

@@ -23,7 +23,7 @@ from relance.core.facts import apply_facts
 from relance.core.letter import record_lrar
 from relance.core.schedule import plan_next
 from relance.mailbox import smtp
-from relance.mailbox.imap import IMAP_ERRORS, Mailbox
+from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
 from relance.model import OPEN_STATES, Attachment, Case, Channel, Decision
 from relance.store import evidence as evidence_store
 from relance.store.journal import Journal
@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = StateStore(config.state_dir)
         daemon = app.Daemon(runtime, store, Journal(config.state_dir))
+    except StateCorrupt as exc:
+        return _fail(str(exc))
     except OSError as exc:
         return _fail(f"state_dir {config.state_dir}: {exc.strerror or exc}; "
                      "set state_dir in relance.toml to a writable folder")
@@ -157,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except StateCorrupt as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        if is_disk_error(exc):
+            return _fail(f"cannot write {exc.filename or config.state_dir}: "
+                         f"{exc.strerror or exc}; nothing was lost, free some space and run "
+                         "again")
+        return _fail(f"imap {config.imap.host}:{config.imap.port}: {type(exc).__name__}: {exc}")
     except IMAP_ERRORS as exc:
         return _fail(f"imap {config.imap.host}:{config.imap.port}: {type(exc).__name__}: {exc}")
     return 0

@@ -24,7 +24,7 @@ from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime
 from relance.config import Config
 from relance.core.schedule import BusinessCalendar, plan_next
 from relance.logs import quote
-from relance.mailbox.imap import IMAP_ERRORS, Mailbox
+from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
 from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode
 from relance.rules.model import Rules
 from relance.sdnotify import Notifier, Watchdog, watchdog_interval
@@ -145,6 +145,17 @@ class Service:
                     break
                 except IMAP_ERRORS as exc:
                     reason = f"{type(exc).__name__}: {exc}"
+                    if is_disk_error(exc):
+                        # The state could not be written (disk full, read-only): nothing
+                        # was lost; say which file, and try again later.
+                        log.error("event=disk-error file=%s reason=%s retry_in=%.0fs",
+                                  quote(str(getattr(exc, "filename", "") or "")),
+                                  quote(reason), backoff)
+                        self.notifier.status(f"cannot write the state ({reason}); "
+                                             f"retrying in {backoff:.0f} s")
+                        self.wait(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF_S)
+                        continue
                     log.warning("event=imap-error reason=%s retry_in=%.0fs", quote(reason),
                                 backoff)
                     self.notifier.status(

@@ -8,6 +8,7 @@ has seen, so a restart asks only for what is new. Fetches name explicit UIDs in 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import socket
 import ssl
@@ -29,6 +30,14 @@ _APPENDUID = re.compile(rb"APPENDUID\s+(\d+)\s+(\d+)", re.IGNORECASE)
 
 # What a dead link or a refusing server looks like from here: the daemon reconnects.
 IMAP_ERRORS = (IMAPClientError, OSError, socket.timeout, ssl.SSLError)
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """An OSError about the local disk (full, read-only, no permission), not the network:
+    reconnecting would not help, and the message must name the file."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS and (
+        exc.filename is not None or not isinstance(exc, (socket.timeout, ssl.SSLError)))
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,7 @@ class Mailbox:
         self.imap.select_folder("INBOX", readonly=True)
         self.imap.idle()
         last_sign = time.monotonic()
+        quick_empty = 0
         outcome = "deadline"
         try:
             while True:
@@ -212,14 +222,23 @@ class Mailbox:
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                responses = self.imap.idle_check(timeout=min(tick, deadline - now))
+                wait = min(tick, deadline - now)
+                asked = time.monotonic()
+                responses = self.imap.idle_check(timeout=wait)
                 if responses:
                     last_sign = time.monotonic()
+                    quick_empty = 0
                     if any(_is_change(r) for r in responses):
                         outcome = "change"
                         break
                 elif time.monotonic() - last_sign > dead_after:
                     return "dead"
+                elif wait > 0.2 and time.monotonic() - asked < wait / 10:
+                    # imapclient returns [] at once on a closed socket: five in a row is a
+                    # dead link, not a quiet one (a quiet one makes idle_check wait).
+                    quick_empty += 1
+                    if quick_empty >= 5:
+                        return "dead"
         finally:
             self.imap.idle_done()
         return outcome

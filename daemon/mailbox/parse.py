@@ -60,11 +60,20 @@ _BARE_ADDRESS = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 def _pairs(values: list[str]) -> list[tuple[str, str]]:
     """(name, address) pairs; the stdlib parser recurses once per nested comment, so a
     hostile header falls back to bare addresses instead of a RecursionError."""
-    decoded = [_decode(v) for v in values]
+    # Addresses are read from the header as sent, and only then are the display names
+    # decoded: an encoded name must never smuggle in an address ("=?utf-8?q?=3Cboss@firm=3E?=").
+    unfolded = [" ".join(str(v).split()) for v in values]
     try:
-        return email.utils.getaddresses(decoded)
+        pairs = email.utils.getaddresses(unfolded)
     except RecursionError:
-        return [("", a) for v in decoded for a in _BARE_ADDRESS.findall(v)]
+        return [("", a) for v in unfolded for a in _BARE_ADDRESS.findall(v)]
+    if any("@" in address for _, address in pairs):
+        return [(_decode(name), address) for name, address in pairs]
+    # No address at all as sent: a mailer that encoded the whole header; read it decoded.
+    try:
+        return email.utils.getaddresses([_decode(v) for v in values])
+    except RecursionError:
+        return []
 
 
 def _names(values: list[str]) -> dict[str, str]:

@@ -82,6 +82,9 @@ async def send_async(
     try:
         response = await smtp.data(message.as_bytes())
     except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == 421:
+            # "Closing the channel": said after the final dot, the message may be taken.
+            return SendOutcome(UNKNOWN, f"{exc.code} {exc.message}", refused=refused)
         return SendOutcome(FAILED, f"{exc.code} {exc.message}", 400 <= exc.code < 500, refused)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         return SendOutcome(UNKNOWN, f"{type(exc).__name__}: {exc}", refused=refused)

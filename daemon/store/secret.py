@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from relance.store.state import StateCorrupt
+
 SECRET_FILE = "notice.key"
 
 
@@ -19,7 +21,7 @@ def load_or_create_secret(state_dir: Path) -> bytes:
     """The secret, created atomically on first use (two processes agree on one)."""
     path = Path(state_dir) / SECRET_FILE
     with contextlib.suppress(FileNotFoundError):
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        return _read(path)
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -34,4 +36,15 @@ def load_or_create_secret(state_dir: Path) -> bytes:
         pass
     finally:
         temp.unlink(missing_ok=True)
-    return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    return _read(path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        secret = b""
+    if len(secret) < 16:
+        raise StateCorrupt(path, "the notice key is damaged; delete it and relance makes a "
+                                 "new one (replies to earlier notices then count as unverified)")
+    return secret

@@ -599,11 +599,14 @@ class StateView:
         """Send records in the order their intents were made, optionally of one status."""
         if status is not None and status not in SEND_STATUSES:
             raise ValueError(f"unknown send status {status!r}; expected one of {_statuses()}")
-        return [
-            _send_from_doc(doc)
-            for doc in self._storage.data.get(_SENDS, {}).values()
-            if status is None or doc["status"] == status
-        ]
+        try:
+            return [
+                _send_from_doc(doc)
+                for doc in self._storage.data.get(_SENDS, {}).values()
+                if status is None or doc["status"] == status
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._corrupt(f"a send record is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 def _statuses() -> str:
