@@ -1,0 +1,116 @@
+"""2. Restart on an unchanged mailbox: how long until relance is ready again.
+
+After a first pass over the mailbox (100k messages, 10k open cases by default), relance
+is started again on the same state and the same, unchanged mailbox, `runs` times.
+
+The state is the one a first pass leaves: by default built directly (bench.state_cost's
+10k open cases, and each folder's cursor at the mailbox's last UID, then one untimed
+pass, which creates relance's folders), because a real first pass over 100k messages
+takes most of an hour today; `--real-first-pass` runs that pass instead. Two
+figures: the second `run_pass` itself (connect, SELECT each folder, see nothing is new,
+decide nothing is due), and the whole process, from exec to the pass done (imports,
+config, rules and templates included), as `relance run --once` pays it.
+
+    python -m bench.restart --size 100k --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import NOW, REPO_ROOT, WORK_DIR, median, parse_sizes, save_results, size_label
+from bench.sync import measure as first_pass
+from bench.sync import public, run_relance_pass
+
+
+def measure_restart(config: Path, runs: int) -> dict[str, Any]:
+    """`runs` second passes on the state `config` names; the mailbox is left as it is."""
+    passes: list[float] = []
+    processes: list[float] = []
+    connects: list[float] = []
+    for _ in range(runs):
+        result = run_relance_pass(config)
+        passes.append(result["seconds"])
+        connects.append(result["connect_seconds"])
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "relance", "run", "--config", str(config), "--once",
+             "--now", NOW.isoformat()],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600)
+        processes.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"relance run --once failed:\n{done.stderr[-2000:]}")
+    return {
+        "runs": runs,
+        "pass_seconds": passes,
+        "pass_median_s": median(passes),
+        "connect_median_s": median(connects),
+        "process_seconds": processes,
+        "process_median_s": median(processes),
+        "cases": result["cases"],
+        "open_cases": result["open_cases"],
+        "state_bytes": result["state_bytes"],
+    }
+
+
+def seeded_home(dovecot: Any, size: int, cases: int) -> Path:
+    """A mailbox of `size` messages and the state a first pass would leave on it:
+    `cases` open cases, every folder read to its end. Returns the relance.toml."""
+    from bench import new_daemon, quiet_logs
+    from bench.mailbox_gen import install, warm
+    from bench.state_cost import seed_state, synthetic_cases
+    from bench.sync import fresh_office
+    from relance.mailbox.imap import Mailbox
+    from relance.store.state import Cursor
+
+    quiet_logs()
+    user, _corpus = install(dovecot, size)
+    warm(dovecot, user)
+    homes = WORK_DIR / "homes"
+    homes.mkdir(parents=True, exist_ok=True)
+    config = fresh_office(dovecot, user, homes, f"restart-{size_label(size)}")
+    daemon = new_daemon(config)
+    seed_state(daemon, synthetic_cases(cases))
+    with Mailbox(daemon.config.imap) as mailbox:
+        with daemon.store.transaction() as tx:
+            for folder in (mailbox.sent_folder(), "INBOX"):
+                state = mailbox.folder_state(folder)
+                tx.set_cursor(Cursor(folder, state.uidvalidity, state.uidnext - 1,
+                                     state.highestmodseq))
+        daemon.run_pass(mailbox, NOW)
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="100k")
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--real-first-pass", action="store_true")
+    args = parser.parse_args()
+    from tests.mailservers import Dovecot
+
+    size = parse_sizes([args.size])[0]
+    extra: dict[str, Any] = {}
+    with Dovecot() as dovecot:
+        if args.real_first_pass:
+            first = first_pass(dovecot, size, 1, keep_last=True)
+            config = Path(first["last_home"]) / "relance.toml"
+            extra["first_pass"] = public(first)
+        else:
+            config = seeded_home(dovecot, size, args.cases)
+            extra["state"] = f"seeded: {args.cases} open cases, cursors at the last UID"
+        result = measure_restart(config, args.runs)
+    print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s, "
+          f"process {result['process_median_s']:.2f} s ({result['open_cases']} open cases)")
+    save_results("restart", "python -m bench.restart " + " ".join(sys.argv[1:]),
+                 {"size": size, **extra, **result})
+
+
+if __name__ == "__main__":
+    main()
