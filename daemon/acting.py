@@ -281,9 +281,11 @@ class Acting:
             return
         for number in cases_to_seal(cases, self.journal.entries()):
             try:
+                # Dry-run never changes the mailbox: the bundle is written, nothing moved.
                 close_case(mailbox, cases[number], self.journal, self.config.evidence_dir, now,
                            firm=self.rt.firm, documents=self._letters.pop(number, ()),
-                           tz=self.config.tz, record=self.event)
+                           tz=self.config.tz, record=self.event,
+                           archive=self.config.mode is not Mode.DRY_RUN)
             except IMAP_ERRORS:
                 raise
             except (EvidenceError, OSError) as exc:

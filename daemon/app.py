@@ -125,8 +125,8 @@ class Daemon(Intake, Listening, Acting):
         """Sync what is new, then act on what is due at `now`."""
         notices: list[Notice] = []
         sent_folder = self._sent_folder = mailbox.sent_folder()
-        if not self._drop_folders:
-            self._drop_folders = self.ensure_drop_folders(mailbox)
+        if not self._drop_folders and self.config.mode is not Mode.DRY_RUN:
+            self._drop_folders = self.ensure_drop_folders(mailbox)  # dry-run creates nothing
         self.resolve_pending_sends(mailbox, sent_folder, now, notices)
         for folder in (sent_folder, "INBOX"):
             self.sync_folder(mailbox, folder, now, notices)

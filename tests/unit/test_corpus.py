@@ -47,7 +47,9 @@ KNOWN_MISSES: dict[str, str] = {}
 def test_corpus_mail_gives_the_expected_facts(mail: CorpusMail) -> None:
     outcome = judge(mail)
     assert outcome.problems() == [], "\n".join(outcome.problems())
-    assert outcome.seconds < 2, f"{mail.name} took {outcome.seconds:.2f} s"
+    # A guard against runaway parsing (a bomb), loose for a loaded machine; speed is
+    # measured in bench/, not here.
+    assert outcome.seconds < 30, f"{mail.name} took {outcome.seconds:.2f} s"
 
 
 def test_corpus_is_big_enough_and_small_enough() -> None:
