@@ -245,9 +245,9 @@ class Figures:
     worlds: int = 0
     mornings: int = 0
     runs: int = 0
-    kills_attempted: int = 0  # SIGKILL sent to a run still alive
+    kills_attempted: int = 0  # SIGKILL sent to a run still alive (in its pass, or exiting)
     kills_in_pass: int = 0  # ... that held the daemon lock: killed inside run_once
-    finished_before_kill: int = 0  # runs that completed before their fuse burnt
+    finished_before_kill: int = 0  # runs that completed before their fuse burnt (not kills)
     kills_by_mode: collections.Counter[str] = field(default_factory=collections.Counter)
     kills_by_window: collections.Counter[str] = field(default_factory=collections.Counter)
     cuts_after_data: int = 0  # SMTP links cut after a reminder's final "." on purpose
@@ -468,7 +468,6 @@ class World:
         for _ in range(4):
             if self.try_kill(now, mode, fuse):
                 return
-            self.figures.finished_before_kill += 1
             mode, fuse = "random", self.durations[False]
 
     def try_kill(self, now: datetime, mode: str, fuse: float) -> bool:
@@ -512,6 +511,7 @@ class World:
             self.wired.smtp.clear_triggers()
         if rc != -signal.SIGKILL:
             assert rc == 0, f"run exited {rc}: see {self.log}"
+            self.figures.finished_before_kill += 1
             return False
         self.figures.kills_attempted += 1
         self.figures.kills_by_mode[mode] += 1
@@ -522,6 +522,7 @@ class World:
             # The lock was seen taken before the fuse was lit: the pass had ended and
             # released it; the kill hit the interpreter on its way out.
             self.figures.kills_by_window["after the pass (lock released, exiting)"] += 1
+            return False  # not a kill point in the pass: try again with a shorter fuse
         return True
 
     def send_statuses(self) -> dict[str, str]:

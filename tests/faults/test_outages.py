@@ -398,9 +398,7 @@ def test_daemon_reconnects_at_once_after_the_imap_link_is_reset_during_idle(
 
 
 @pytest.mark.skipif(not FULL, reason="waits out the 300 s silent-link limit; FULL only")
-def test_daemon_reconnects_after_the_imap_link_goes_silent_during_idle(
-    wired: Wired, client: MailUser
-) -> None:
+def test_daemon_reconnects_after_the_imap_link_goes_silent_during_idle(wired: Wired) -> None:
     office = wired.office
     write_config(office, imap_port=wired.imap.port, smtp_port=wired.smtp.port,
                  timeout=TIMEOUT, mode="dry-run")
