@@ -93,7 +93,20 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "relance_code": _relance_code(),
     }
+
+
+def _relance_code() -> str:
+    """Which relance was measured: the editable install may point at another checkout."""
+    import subprocess
+
+    import relance
+
+    source = Path(relance.__file__).resolve().parent.parent
+    done = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True, check=False)
+    return f"{source} {done.stdout.strip() or '(not a git checkout)'}"
 
 
 def _cpu_model() -> str:

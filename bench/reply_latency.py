@@ -36,6 +36,8 @@ from bench import (
     write_office,
 )
 
+MISS_AFTER_S = 30.0
+
 
 def _state_cases(path: Path) -> dict[str, dict[str, Any]]:
     try:
@@ -89,6 +91,7 @@ def measure(dovecot: Any, replies: int, size: int = 1_000, seed: int = 5) -> dic
             raise RuntimeError(f"only {len(chasing)} chasing cases for {replies} replies")
         rng = random.Random(seed)
         latencies: list[float] = []
+        missed: list[dict[str, Any]] = []
         deliveries: list[float] = []
         for n, number in enumerate(rng.sample(chasing, replies)):
             doc = cases[number]
@@ -105,8 +108,13 @@ def measure(dovecot: Any, replies: int, size: int = 1_000, seed: int = 5) -> dic
                 found = _state_cases(state_file).get(number)
                 return found is not None and found["state"] == "paused"
 
-            if not wait_for(paused, 30):
-                raise RuntimeError(f"{number} not paused after 30 s; see {log_file}")
+            if not wait_for(paused, MISS_AFTER_S):
+                # Not seen by IDLE: it waits for the daemon's next wake (another mail, a
+                # planned step, the 9-minute re-IDLE). Counted at the bound, and listed.
+                missed.append({"case": number, "reply": n,
+                               "landed_at": datetime.now(PARIS).isoformat()})
+                print(f"[reply] {number}: not paused after {MISS_AFTER_S:.0f} s",
+                      file=sys.stderr)
             latencies.append(time.perf_counter() - landed)
             deliveries.append(landed - sent)
             time.sleep(rng.uniform(0.3, 1.2))  # the daemon back in IDLE, as between mails
@@ -121,6 +129,7 @@ def measure(dovecot: Any, replies: int, size: int = 1_000, seed: int = 5) -> dic
         "latency_s": latencies, "p50_s": percentile(latencies, 50),
         "p95_s": percentile(latencies, 95), "max_s": max(latencies),
         "lmtp_delivery_median_s": median(deliveries), "firm": FIRM_ADDRESS,
+        "missed": missed, "miss_after_s": MISS_AFTER_S,
     }
 
 
@@ -150,7 +159,8 @@ def main() -> None:
     with Dovecot() as dovecot:
         result = measure(dovecot, args.replies)
     print(f"reply → pause over {result['replies']} replies: p50 {result['p50_s']:.3f} s, "
-          f"p95 {result['p95_s']:.3f} s, max {result['max_s']:.3f} s")
+          f"p95 {result['p95_s']:.3f} s, max {result['max_s']:.3f} s, "
+          f"{len(result['missed'])} missed by IDLE")
     save_results("reply_latency", "python -m bench.reply_latency " + " ".join(sys.argv[1:]),
                  result)
 

@@ -63,9 +63,10 @@ def raw_header_fetch(host: str, port: int, user: str, password: str) -> dict[str
     return {"messages": fetched, "header_bytes": size}
 
 
-WHAT_IFS = ("keep-selection", "journal-no-fsync")
+WHAT_IFS = ("none", "keep-selection", "journal-no-fsync")
 """Changes to relance tried from the bench (monkeypatched in the child, never in the
 product) to measure what a fix would gain before the lead makes it:
+- none: relance as it is, the baseline measured next to the others;
 - keep-selection: `Mailbox.fetch_message` re-SELECTs only when another folder is
   selected (today it SELECTs before every message, and Dovecot resyncs the folder);
 - journal-no-fsync: the journal's per-entry fsync skipped: the upper bound of writing
