@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from relance.core.listen import money_text
-from relance.core.thread import same_client, thread_index
+from relance.core.thread import same_client
 from relance.model import (
     OPEN_STATES,
     Attachment,
@@ -24,52 +25,52 @@ log = logging.getLogger("relance")
 
 
 class Book:
-    """A transaction with the cases, the thread index and each client's open cases kept in
-    memory, so that reading a batch of messages costs one decode of the state, not one per
-    message. Every change goes through `put_case`, which keeps the three in step."""
+    """A transaction seen the way the reading of a batch of messages needs it: cases by
+    number, the thread index, each client's open cases. All three come from the store's
+    indexes and its memo of decoded cases, kept up to date by every `put_case`, so a
+    batch costs what it changes, not a decode of the whole state."""
 
     def __init__(self, tx: Transaction) -> None:
         self.tx = tx
-        self._cases = tx.cases()
-        self.index = thread_index(self._cases.values())
-        self._by_address: dict[str, list[str]] | None = None
+        self.index: Mapping[str, tuple[str, ...]] = _LiveThreadIndex(tx)
 
     def cases(self) -> dict[str, Case]:
-        return self._cases
+        return self.tx.cases()
 
     def get_case(self, number: str) -> Case | None:
-        return self._cases.get(number)
+        return self.tx.get_case(number)
 
     def put_case(self, case: Case) -> None:
         self.tx.put_case(case)
-        old = self._cases.get(case.number)
-        self._cases[case.number] = case
-        for message_id in (case.root_message_id, *case.thread_ids):
-            known = self.index.get(message_id, ())
-            if case.number not in known:
-                self.index[message_id] = (*known, case.number)
-        if old is None or old.client_addrs != case.client_addrs:
-            self._by_address = None
 
     def open_cases_of(self, address: str) -> list[Case]:
         """The open cases of the client writing from `address` (see `same_client`)."""
-        if self._by_address is None:
-            by_address: dict[str, list[str]] = {}
-            for case in self._cases.values():
-                for known in case.client_addrs:
-                    by_address.setdefault(known, []).append(case.number)
-                    by_address.setdefault("@" + known.rpartition("@")[2], []).append(case.number)
-            self._by_address = by_address
-        numbers = dict.fromkeys(
-            self._by_address.get(address, [])
-            + self._by_address.get("@" + address.rpartition("@")[2], [])
-        )
-        found = (self._cases[n] for n in numbers)
-        return [c for c in found
-                if c.state in OPEN_STATES and same_client(address, c.client_addrs)]
+        found = (self.tx.get_case(n) for n in self.tx.case_numbers_for_address(address))
+        return [c for c in found if c is not None
+                and c.state in OPEN_STATES and same_client(address, c.client_addrs)]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tx, name)
+
+
+class _LiveThreadIndex(Mapping[str, tuple[str, ...]]):
+    """Message-ID → case numbers of a transaction, always as of now: the transaction
+    copies its index on first write, so a reference taken earlier must not be kept."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def __getitem__(self, message_id: str) -> tuple[str, ...]:
+        return self._tx.thread_index()[message_id]
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._tx.thread_index()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tx.thread_index())
+
+    def __len__(self) -> int:
+        return len(self._tx.thread_index())
 
 
 @dataclass

@@ -2,16 +2,20 @@
 
 It is evidence (what the daemon decided, when, and what the SMTP server said) and the
 source from which a lost state file can be rebuilt, so each entry is durable before the
-call returns. Each line goes out in one `os.write` on an `O_APPEND` descriptor, which the
+call returns, or, inside `batch()`, before the batch ends (one fsync for a chunk of mail
+instead of one per entry; the caller ends the batch before the state commits). Each line
+goes out in one `os.write` on an `O_APPEND` descriptor, which the
 kernel applies whole at the end of the file: the daemon and a `relance paid` typed in a
 shell can append at once without interleaving their lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -55,6 +59,39 @@ class Journal:
         self.path = self.state_dir / JOURNAL_FILE
         self.skipped_lines: list[int] = []
         """Line numbers the last full read of `entries` could not parse (torn by a crash)."""
+        self._batch = threading.local()  # depth, and whether an fsync is owed at its end
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Journal]:
+        """Defer the fsync of every `append` in the block to its end: one fsync instead
+        of one per entry (3 ms each). Each line is still written at once, whole. Nested
+        batches sync at the end of the outermost; the sync happens even if the block
+        raises, since the lines are already in the file."""
+        depth = getattr(self._batch, "depth", 0)
+        self._batch.depth = depth + 1
+        if depth == 0:
+            self._batch.owed = self._batch.created = False
+        try:
+            yield self
+        except BaseException:
+            self._batch.depth = depth
+            if depth == 0 and self._batch.owed:
+                with contextlib.suppress(OSError):  # the block's own error is the one to see
+                    self._sync(created=self._batch.created)
+            raise
+        self._batch.depth = depth
+        if depth == 0 and self._batch.owed:
+            self._sync(created=self._batch.created)
+
+    def _sync(self, *, created: bool) -> None:
+        """fsync the journal (any descriptor of a file flushes all of its written data)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.state_dir)
 
     @property
     def skipped(self) -> int:
@@ -92,7 +129,12 @@ class Journal:
                 raise JournalError(
                     f"{self.path}: wrote {written} of {len(data)} bytes of entry {event!r}"
                 )
-            os.fsync(fd)
+            if getattr(self._batch, "depth", 0):
+                self._batch.owed = True
+                self._batch.created = self._batch.created or created
+                created = False
+            else:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if created:

@@ -1,42 +1,54 @@
-"""The daemon's state on disk: cases, IMAP cursors and send intents in one TinyDB file.
+"""The daemon's state on disk: cases, IMAP cursors and send intents, as TinyDB tables.
 
-Why one file and a lock: a pass of the daemon and a `relance paid` typed in a shell must
-never lose each other's updates, and a kill at any instant must leave either the old or
-the new state, never half of each. So every change happens inside a transaction that holds
-an exclusive `flock`, reads `state.json` once, and writes it back once through a temp file,
-fsync and `os.replace` (plain TinyDB rewrites in place: FIELD_NOTES measured 1 broken file
-in 40 kills). A send intent is committed before the mail leaves, so a crash between "sent"
-and "recorded" is seen on restart and never turns into a second reminder.
+Why a lock: a pass of the daemon and a `relance paid` typed in a shell must never lose
+each other's updates, so every change happens inside a transaction that holds an
+exclusive `flock`. Why a log: rewriting the whole state for each change costs its size
+(6.8 MB at 10k open cases), so a commit appends one checksummed line holding only the
+documents it changed to `state.log` (one write, one fsync), and `state.json`, the
+snapshot, is rewritten (temp file, fsync, `os.replace`: FIELD_NOTES measured 1 broken
+file in 40 kills of an in-place rewrite) only when the log has grown. A kill at any
+instant leaves a last line that fails its checksum: the commit that never happened.
+The parsed state stays in memory between transactions while the files are as this
+process left them. A send intent is committed before the mail leaves, so a crash between
+"sent" and "recorded" is seen on restart and never turns into a second reminder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from tinydb import TinyDB
 from tinydb.storages import Storage
-from tinydb.table import Document, Table
 
 from relance.model import Case, CaseState, StepRecord
 
 log = logging.getLogger("relance")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The format `state.json` is written in. Bump it with every change an older relance
 could misread, and add the step from the previous version to MIGRATIONS."""
+LOG_SINCE = 2
+"""The first version whose commits go to `state.log`: a relance of version 1 would read
+`state.json` alone and forget them, which is why 2 exists (an older relance refuses it)."""
 STATE_FILE = "state.json"
+LOG_FILE = "state.log"
+COMPACT_MIN_BYTES = 1 << 20
+"""The log is folded into `state.json` once it passes this or half the snapshot's size."""
+_LOG_SEQ = "log_seq"  # in the snapshot's meta: the last commit it holds
 LOCK_FILE = "state.lock"
 DAEMON_LOCK_FILE = "daemon.lock"
 
@@ -176,21 +188,6 @@ class AtomicJSONStorage(Storage):
         """Nothing stays open between calls."""
 
 
-class _SnapshotStorage(Storage):
-    """The tables of one transaction, in memory: TinyDB edits them, the commit writes once."""
-
-    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
-        self.data = data
-        self.changed = False
-
-    def read(self) -> dict[str, dict[str, Any]]:
-        return self.data
-
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
-        self.data = data
-        self.changed = True
-
-
 # --- versions and migrations -----------------------------------------------------------
 
 
@@ -217,8 +214,14 @@ def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 has the same tables; what changed is that commits after the snapshot live in
+    `state.log`, which a v1 relance would not read. Nothing to convert."""
+    return data
+
+
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
-MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1}
+MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1, 1: _v1_to_v2}
 """From version N to N+1: a function of the tables that returns the new tables.
 `migrate` chains them and stamps the version; each one is tested on a file of version N."""
 
@@ -475,84 +478,140 @@ def _case_message_ids(doc: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
+def _thread_message_ids(doc: Mapping[str, Any]) -> list[str]:
+    """The ids `core.thread.thread_index` files a case under: the invoice and its thread."""
+    return list(dict.fromkeys([doc["root_message_id"], *doc.get("thread_ids", ())]))
+
+
+def _address_keys(doc: Mapping[str, Any]) -> list[str]:
+    """Each client address of a case, and "@domain" for each, for `open_cases_of`."""
+    keys: list[str] = []
+    for address in doc.get("client_addrs", ()):
+        keys.extend((address, "@" + address.rpartition("@")[2]))
+    return list(dict.fromkeys(keys))
+
+
+# --- snapshots in memory ---------------------------------------------------------------
+
+Index = dict[str, tuple[str, ...]]
+_INDEXES: tuple[tuple[str, Callable[[Mapping[str, Any]], list[str]]], ...] = (
+    ("by_message_id", _case_message_ids),
+    ("thread_index", _thread_message_ids),
+    ("by_address", _address_keys),
+)
+
+
+class _Snapshot:
+    """One committed state in memory: the tables as TinyDB documents and their indexes.
+
+    Shared by every view and transaction that starts from it, so it is never changed once
+    built (only `decoded`, a memo of values that depend on the documents alone, grows).
+    A transaction forks it and copies a dict the first time it writes to it.
+    """
+
+    __slots__ = (
+        "by_address",
+        "by_message_id",
+        "case_ids",
+        "cursor_ids",
+        "decoded",
+        "next_ids",
+        "send_ids",
+        "tables",
+        "thread_index",
+    )
+
+    tables: dict[str, dict[str, dict[str, Any]]]
+    case_ids: dict[str, int]
+    cursor_ids: dict[str, int]
+    send_ids: dict[str, int]
+    next_ids: dict[str, int]
+    decoded: dict[str, Case]
+    by_message_id: Index
+    thread_index: Index
+    by_address: Index
+
+    def fork(self) -> _Snapshot:
+        """A new snapshot sharing every dict with this one (for copy-on-write)."""
+        twin = _Snapshot.__new__(_Snapshot)
+        for name in self.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
+
+def _next_id(table: Mapping[str, Any]) -> int:
+    """TinyDB's rule for a new document id: one more than the largest."""
+    return max((int(doc_id) for doc_id in table), default=0) + 1
+
+
+def build_snapshot(data: dict[str, dict[str, Any]], path: Path) -> _Snapshot:
+    """Index tables already brought to SCHEMA_VERSION; StateCorrupt when they cannot be."""
+    version = schema_version(data, path)
+    if version > SCHEMA_VERSION:
+        raise StateTooNew(path, version, SCHEMA_VERSION)
+    if data.get(_META) and version != SCHEMA_VERSION:
+        raise StateCorrupt(
+            path,
+            f"schema version {version}, this relance reads version {SCHEMA_VERSION}; "
+            "the store upgrades files before reading them",
+        )
+    snap = _Snapshot.__new__(_Snapshot)
+    snap.tables = data
+    snap.case_ids, snap.cursor_ids, snap.send_ids, snap.decoded = {}, {}, {}, {}
+    lists: dict[str, dict[str, list[str]]] = {name: {} for name, _ in _INDEXES}
+    try:
+        for doc_id, doc in data.get(_CASES, {}).items():
+            number = doc["number"]
+            if number in snap.case_ids:
+                raise StateCorrupt(path, f"case {number} is stored twice")
+            snap.case_ids[number] = int(doc_id)
+            for name, keys_of in _INDEXES:
+                index = lists[name]
+                for key in keys_of(doc):
+                    index.setdefault(key, []).append(number)
+        for doc_id, doc in data.get(_CURSORS, {}).items():
+            snap.cursor_ids[doc["folder"]] = int(doc_id)
+        for doc_id, doc in data.get(_SENDS, {}).items():
+            snap.send_ids[doc["message_id"]] = int(doc_id)
+        snap.next_ids = {name: _next_id(table) for name, table in data.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateCorrupt(path, f"a document lacks its key or is malformed ({exc!r})") from exc
+    for name, _ in _INDEXES:
+        setattr(snap, name, {key: tuple(numbers) for key, numbers in lists[name].items()})
+    return snap
+
+
 # --- views -----------------------------------------------------------------------------
 
 
 class StateView:
-    """Read access to one consistent snapshot of the state file.
+    """Read access to one consistent snapshot of the state.
 
-    Built once per transaction from the tables read under the lock; the indexes make a
-    lookup by number, folder or Message-ID a dict access instead of a table scan.
+    The snapshot is shared with the store's cache and never changes under the view: a
+    transaction committed later makes a new one. The indexes make a lookup by number,
+    folder or Message-ID a dict access instead of a table scan.
     """
 
-    def __init__(self, path: Path, data: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, path: Path, snapshot: _Snapshot) -> None:
         self._path = path
-        self._storage = _SnapshotStorage(data)
-        self._db = TinyDB(storage=lambda: self._storage)
-        self._cases_table: Table = self._db.table(_CASES, cache_size=0)
-        self._cursors_table: Table = self._db.table(_CURSORS, cache_size=0)
-        self._sends_table: Table = self._db.table(_SENDS, cache_size=0)
-        self._meta_table: Table = self._db.table(_META, cache_size=0)
-        self._decoded: dict[str, Case] = {}
-        self._case_ids: dict[str, int] = {}
-        self._cursor_ids: dict[str, int] = {}
-        self._send_ids: dict[str, int] = {}
-        self._by_message_id: dict[str, list[str]] = {}
-        self._build_indexes(data)
+        self._s = snapshot
 
     def _corrupt(self, reason: str) -> StateCorrupt:
         return StateCorrupt(self._path, reason)
 
-    def _build_indexes(self, data: dict[str, dict[str, Any]]) -> None:
-        version = schema_version(data, self._path)
-        if version > SCHEMA_VERSION:
-            raise StateTooNew(self._path, version, SCHEMA_VERSION)
-        if data.get(_META) and version != SCHEMA_VERSION:
-            raise self._corrupt(
-                f"schema version {version}, this relance reads version {SCHEMA_VERSION}; "
-                "the store upgrades files before reading them"
-            )
-        try:
-            for doc_id, doc in data.get(_CASES, {}).items():
-                number = doc["number"]
-                if number in self._case_ids:
-                    raise self._corrupt(f"case {number} is stored twice")
-                self._case_ids[number] = int(doc_id)
-                self._index_case_ids(number, _case_message_ids(doc))
-            for doc_id, doc in data.get(_CURSORS, {}).items():
-                self._cursor_ids[doc["folder"]] = int(doc_id)
-            for doc_id, doc in data.get(_SENDS, {}).items():
-                self._send_ids[doc["message_id"]] = int(doc_id)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._corrupt(f"a document lacks its key or is malformed ({exc!r})") from exc
-
-    def _index_case_ids(self, number: str, message_ids: list[str]) -> None:
-        for message_id in message_ids:
-            numbers = self._by_message_id.setdefault(message_id, [])
-            if number not in numbers:
-                numbers.append(number)
-
-    def _unindex_case_ids(self, number: str, message_ids: list[str]) -> None:
-        for message_id in message_ids:
-            numbers = self._by_message_id.get(message_id, [])
-            if number in numbers:
-                numbers.remove(number)
-            if not numbers:
-                self._by_message_id.pop(message_id, None)
-
     def _raw_case(self, number: str) -> dict[str, Any] | None:
-        doc_id = self._case_ids.get(number)
-        return None if doc_id is None else self._storage.data[_CASES][str(doc_id)]
+        doc_id = self._s.case_ids.get(number)
+        return None if doc_id is None else self._s.tables[_CASES][str(doc_id)]
 
     def _decode_case(self, number: str, raw: Mapping[str, Any]) -> Case:
-        """Decode once per snapshot: a pass asks for the same case several times."""
-        case = self._decoded.get(number)
+        """Decode once per document: the memo lives as long as the cached snapshot."""
+        case = self._s.decoded.get(number)
         if case is None:
             try:
                 case = case_from_doc(raw)
             except ValueError as exc:
                 raise self._corrupt(str(exc)) from exc
-            self._decoded[number] = case
+            self._s.decoded[number] = case
         return case
 
     def get_case(self, number: str) -> Case | None:
@@ -561,39 +620,55 @@ class StateView:
         return None if raw is None else self._decode_case(number, raw)
 
     def cases(self) -> dict[str, Case]:
-        """Every stored case by invoice number (decoding all of them: a full pass)."""
+        """Every stored case by invoice number, in the order they were first stored (a new
+        dict the caller may change)."""
+        table = self._s.tables.get(_CASES, {})
+        decoded = self._s.decoded
         return {
-            doc["number"]: self._decode_case(doc["number"], doc)
-            for doc in self._storage.data.get(_CASES, {}).values()
+            number: decoded.get(number) or self._decode_case(number, table[str(doc_id)])
+            for number, doc_id in self._s.case_ids.items()
         }
 
     def find_cases_by_message_id(self, message_id: str) -> list[Case]:
         """All cases whose thread holds this Message-ID (one mail may carry two invoices)."""
-        return [c for n in self._by_message_id.get(message_id, ()) if (c := self.get_case(n))]
+        return [c for n in self._s.by_message_id.get(message_id, ()) if (c := self.get_case(n))]
 
     def find_case_by_message_id(self, message_id: str) -> Case | None:
         """The first stored case whose thread holds this Message-ID, or None."""
         found = self.find_cases_by_message_id(message_id)
         return found[0] if found else None
 
+    def thread_index(self) -> Mapping[str, tuple[str, ...]]:
+        """Message-ID → case numbers, as `core.thread.thread_index` would build it from
+        every case (the invoice and the thread ids), kept up to date instead of rebuilt."""
+        return MappingProxyType(self._s.thread_index)
+
+    def case_numbers_for_address(self, address: str) -> tuple[str, ...]:
+        """Numbers of the cases that list `address`, or an address of its domain, as a
+        client address (a superset of `same_client`; the caller filters), in the order
+        the cases were stored."""
+        domain_key = "@" + address.rpartition("@")[2]
+        found = self._s.by_address.get(address, ()) + self._s.by_address.get(domain_key, ())
+        return tuple(sorted(set(found), key=self._s.case_ids.__getitem__))
+
     def cursor(self, folder: str) -> Cursor | None:
         """Where reading of an IMAP folder stopped, or None if it was never read."""
-        doc_id = self._cursor_ids.get(folder)
+        doc_id = self._s.cursor_ids.get(folder)
         if doc_id is None:
             return None
-        return _cursor_from_doc(self._storage.data[_CURSORS][str(doc_id)])
+        return _cursor_from_doc(self._s.tables[_CURSORS][str(doc_id)])
 
     def send(self, message_id: str) -> SendRecord | None:
         """The send record for one Message-ID, or None."""
-        doc_id = self._send_ids.get(message_id)
+        doc_id = self._s.send_ids.get(message_id)
         if doc_id is None:
             return None
-        return _send_from_doc(self._storage.data[_SENDS][str(doc_id)])
+        return _send_from_doc(self._s.tables[_SENDS][str(doc_id)])
 
     def meta(self, key: str) -> Any:
         """A fact kept with `Transaction.set_meta`, or None."""
-        doc = self._meta_table.get(doc_id=1)
-        return None if doc is None else doc.get(key)  # type: ignore[union-attr]
+        doc = self._s.tables.get(_META, {}).get("1")
+        return None if doc is None else doc.get(key)
 
     def sends(self, status: str | None = None) -> list[SendRecord]:
         """Send records in the order their intents were made, optionally of one status."""
@@ -602,7 +677,7 @@ class StateView:
         try:
             return [
                 _send_from_doc(doc)
-                for doc in self._storage.data.get(_SENDS, {}).values()
+                for doc in self._s.tables.get(_SENDS, {}).values()
                 if status is None or doc["status"] == status
             ]
         except (KeyError, TypeError, ValueError) as exc:
@@ -613,38 +688,100 @@ def _statuses() -> str:
     return ", ".join(sorted(SEND_STATUSES))
 
 
+def _reindex(index: Index, number: str, old: list[str], new: list[str]) -> None:
+    """Move `number` from the keys `old` to the keys `new`, in place; a key in both keeps
+    its position (the order cases were filed in is the order lookups return them)."""
+    new_set = set(new)
+    for key in old:
+        if key not in new_set:
+            left = tuple(n for n in index.get(key, ()) if n != number)
+            if left:
+                index[key] = left
+            else:
+                index.pop(key, None)
+    for key in new:
+        known = index.get(key, ())
+        if number not in known:
+            index[key] = (*known, number)
+
+
 class Transaction(StateView):
-    """A StateView that also records changes; StateStore commits them in one write."""
+    """A StateView that also records changes; StateStore commits them in one write.
+
+    Writes go into this transaction's own copies of the dicts it touches (copied on first
+    write), never into the snapshot it started from: views of that snapshot, and the
+    store's cache if this transaction raises, stay exactly as they were.
+    """
+
+    def __init__(self, path: Path, base: _Snapshot) -> None:
+        super().__init__(path, base.fork())
+        self._owned: set[str] = set()
+        self._dirty: dict[str, dict[str, None]] = {}
+        self._closed = False
 
     @property
     def changed(self) -> bool:
         """Whether anything was written to the tables in this transaction."""
-        return self._storage.changed
+        return bool(self._dirty)
+
+    def _own(self, name: str) -> Any:
+        """This transaction's copy of one of the snapshot's dicts, made on first write."""
+        if self._closed:
+            raise RuntimeError(f"{self._path}: this transaction is over; open a new one")
+        if name not in self._owned:
+            setattr(self._s, name, dict(getattr(self._s, name)))
+            self._owned.add(name)
+        return getattr(self._s, name)
+
+    def _write_doc(self, table: str, doc_id: int, doc: dict[str, Any]) -> None:
+        """Put one whole document: O(1), and remembered for the commit's log line."""
+        tables = self._own("tables")
+        key = f"table:{table}"
+        if key not in self._owned:
+            tables[table] = dict(tables.get(table, {}))
+            self._owned.add(key)
+        tables[table][str(doc_id)] = doc
+        self._dirty.setdefault(table, {})[str(doc_id)] = None
+
+    def _new_id(self, table: str) -> int:
+        next_ids = self._own("next_ids")
+        doc_id: int = next_ids.get(table, 1)
+        next_ids[table] = doc_id + 1
+        return doc_id
 
     def put_case(self, case: Case) -> None:
         """Insert or replace the case stored under `case.number`; a no-op if unchanged."""
         doc = case_to_doc(case)
         old = self._raw_case(case.number)
         if old == doc:
-            self._decoded[case.number] = case
             return
-        if old is None:
-            doc_id = self._cases_table.insert(doc)
-            self._case_ids[case.number] = doc_id
-        else:
-            self._unindex_case_ids(case.number, _case_message_ids(old))
-            self._cases_table.update(_replace_with(doc), doc_ids=[self._case_ids[case.number]])
-        self._index_case_ids(case.number, _case_message_ids(doc))
-        self._decoded[case.number] = case
+        doc_id = self._s.case_ids.get(case.number)
+        if doc_id is None:
+            doc_id = self._new_id(_CASES)
+            self._own("case_ids")[case.number] = doc_id
+        for name, keys_of in _INDEXES:
+            _reindex(self._own(name), case.number, [] if old is None else keys_of(old),
+                     keys_of(doc))
+        self._write_doc(_CASES, doc_id, doc)
+        self._own("decoded")[case.number] = case
 
     def set_cursor(self, cursor: Cursor) -> None:
         """Insert or replace the cursor of `cursor.folder`."""
         doc = _cursor_to_doc(cursor)
-        doc_id = self._cursor_ids.get(cursor.folder)
+        doc_id = self._s.cursor_ids.get(cursor.folder)
         if doc_id is None:
-            self._cursor_ids[cursor.folder] = self._cursors_table.insert(doc)
-        elif self._storage.data[_CURSORS][str(doc_id)] != doc:
-            self._cursors_table.update(_replace_with(doc), doc_ids=[doc_id])
+            doc_id = self._new_id(_CURSORS)
+            self._own("cursor_ids")[cursor.folder] = doc_id
+        elif self._s.tables[_CURSORS][str(doc_id)] == doc:
+            return
+        self._write_doc(_CURSORS, doc_id, doc)
+
+    def _put_send(self, record: SendRecord) -> None:
+        doc_id = self._s.send_ids.get(record.message_id)
+        if doc_id is None:
+            doc_id = self._new_id(_SENDS)
+            self._own("send_ids")[record.message_id] = doc_id
+        self._write_doc(_SENDS, doc_id, _send_to_doc(record))
 
     def send_intent(
         self, message_id: str, number: str, step_index: int, step_name: str, at: datetime
@@ -669,7 +806,7 @@ class Transaction(StateView):
             created_at=at,
             recorded_at=at,
         )
-        self._send_ids[message_id] = self._sends_table.insert(_send_to_doc(record))
+        self._put_send(record)
         return record
 
     def send_result(
@@ -689,28 +826,17 @@ class Transaction(StateView):
             raise KeyError(f"send {message_id}: no intent recorded for this Message-ID")
         if existing.status == "sent" and status != "sent":
             raise ValueError(f"send {message_id}: already sent, cannot become {status!r}")
-        record = SendRecord(
-            message_id=existing.message_id,
-            number=existing.number,
-            step_index=existing.step_index,
-            step_name=existing.step_name,
-            status=status,
-            created_at=existing.created_at,
-            smtp_reply=smtp_reply,
-            recorded_at=at,
-        )
-        doc_id = self._send_ids[message_id]
-        self._sends_table.update(_replace_with(_send_to_doc(record)), doc_ids=[doc_id])
+        record = replace(existing, status=status, smtp_reply=smtp_reply, recorded_at=at)
+        self._put_send(record)
         return record
 
     def set_meta(self, key: str, value: str | int | None) -> None:
         """Keep one small fact about the daemon itself (e.g. when the digest last went)."""
-        if key == "schema_version":
-            raise ValueError("schema_version is set by migrations only")
-        if not self._meta_table.contains(doc_id=1):
-            self._meta_table.insert(Document({"schema_version": SCHEMA_VERSION}, doc_id=1))
-        if self._meta_table.get(doc_id=1).get(key) != value:  # type: ignore[union-attr]
-            self._meta_table.update({key: value}, doc_ids=[1])
+        if key in ("schema_version", _LOG_SEQ):
+            raise ValueError(f"{key} is set by the store only")
+        doc = self._s.tables.get(_META, {}).get("1") or {"schema_version": SCHEMA_VERSION}
+        if key not in doc or doc[key] != value:
+            self._write_doc(_META, 1, {**doc, key: value})
 
     def retry_intent(self, message_id: str, *, at: datetime) -> SendRecord:
         """Turn a "failed" send (the server certainly refused it) back into an intent
@@ -722,15 +848,27 @@ class Transaction(StateView):
                 f"not {existing.status if existing else 'a missing one'!r}"
             )
         record = replace(existing, status="intent", recorded_at=at)
-        doc_id = self._send_ids[message_id]
-        self._sends_table.update(_replace_with(_send_to_doc(record)), doc_ids=[doc_id])
+        self._put_send(record)
         return record
 
+    def _changes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The documents this transaction wrote, whole, stamped with the schema version
+        on the state's first write: what one log line carries."""
+        if "1" not in self._s.tables.get(_META, {}):
+            self._write_doc(_META, 1, {"schema_version": SCHEMA_VERSION})
+        tables = self._s.tables
+        return {table: {doc_id: tables[table][doc_id] for doc_id in ids}
+                for table, ids in self._dirty.items()}
+
     def _data_to_commit(self) -> dict[str, dict[str, Any]]:
-        """The tables to write, stamped with the schema version on first write."""
-        if not self._meta_table.contains(doc_id=1):
-            self._meta_table.insert(Document({"schema_version": SCHEMA_VERSION}, doc_id=1))
-        return self._storage.data
+        """Every table as it will be after the commit (for a full snapshot)."""
+        self._changes()
+        return self._s.tables
+
+    def _close(self) -> _Snapshot:
+        """End the transaction: its snapshot becomes shared, so no write may follow."""
+        self._closed = True
+        return self._s
 
 
 def _send_to_doc(record: SendRecord) -> dict[str, Any]:
@@ -746,14 +884,147 @@ def _send_to_doc(record: SendRecord) -> dict[str, Any]:
     }
 
 
-def _replace_with(new: dict[str, Any]) -> Any:
-    """A TinyDB update that replaces a document whole (plain update only merges keys)."""
+# --- the log of commits ----------------------------------------------------------------
 
-    def replace(doc: dict[str, Any]) -> None:
-        doc.clear()
-        doc.update(new)
+FileId = tuple[int, int, int, int] | None
+"""What tells a file changed without reading it: inode, size, mtime and ctime (ns)."""
 
-    return replace
+
+def file_id(path: Path) -> FileId:
+    """The identity of `path` now, or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _fd_id(fd: int) -> FileId:
+    st = os.fstat(fd)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class LogRead:
+    """What replaying `state.log` found."""
+
+    changes: list[dict[str, dict[str, Any]]]  # the lines after the snapshot's, in order
+    last_seq: int  # the seq of the last commit, in the snapshot or the log
+    valid_end: int  # bytes up to the end of the last whole, valid line
+    size: int  # the file's size (more than valid_end when a torn line ends it)
+
+
+def encode_log_line(seq: int, changes: Mapping[str, Any]) -> bytes:
+    """`CRC32<TAB>SEQ<TAB>JSON\\n`: the checksum covers the seq and the documents, so a
+    line half on disk after a crash is told from a whole one."""
+    body = f"{seq}\t{json.dumps(changes, ensure_ascii=False, separators=(',', ':'))}"
+    encoded = body.encode("utf-8")
+    return b"%08x\t%s\n" % (zlib.crc32(encoded), encoded)
+
+
+def _decode_log_line(line: bytes) -> tuple[int, dict[str, dict[str, Any]]] | None:
+    """(seq, changed documents) of one line, or None when it is not whole and valid."""
+    crc, sep, body = line.partition(b"\t")
+    if not sep or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        seq_text, _, payload = body.partition(b"\t")
+        seq = int(seq_text)
+        changes = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(changes, dict) or not all(
+        isinstance(docs, dict) and all(isinstance(d, dict) or d is None for d in docs.values())
+        for docs in changes.values()
+    ):
+        return None
+    return seq, changes
+
+
+class StateLog:
+    """`state.log`: one line per commit since the last snapshot, holding the documents
+    that commit changed. Appending one line and one fsync is what makes a commit cheap
+    at any size of state; a crash mid-append leaves a last line that fails its checksum,
+    which is the commit that never happened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self, after_seq: int) -> LogRead:
+        """The commits after `after_seq` (the snapshot's stamp).
+
+        Raises StateCorrupt naming the line when a damaged line has valid lines after it
+        (that is not a torn append but a broken file) or when a commit is missing.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return LogRead([], after_seq, 0, 0)
+        lines = raw.split(b"\n")
+        complete, tail = lines[:-1], lines[-1]
+        changes: list[dict[str, dict[str, Any]]] = []
+        last_seq, offset, valid_end = after_seq, 0, 0
+        for lineno, line in enumerate(complete, start=1):
+            offset += len(line) + 1
+            decoded = _decode_log_line(line)
+            if decoded is None:
+                if lineno == len(complete) and not tail:
+                    break  # the last line, torn: a commit that never finished
+                raise StateCorrupt(
+                    self.path, f"line {lineno}: damaged (bad checksum or framing) and "
+                    "followed by later commits")
+            seq, docs = decoded
+            if seq > after_seq:
+                if seq != last_seq + 1:
+                    raise StateCorrupt(
+                        self.path, f"line {lineno}: commit {seq} follows commit {last_seq}; "
+                        "the commits between are missing")
+                changes.append(docs)
+                last_seq = seq
+            valid_end = offset
+        return LogRead(changes, last_seq, valid_end, len(raw))
+
+    def append(self, seq: int, changes: Mapping[str, Any], valid_end: int) -> FileId:
+        """Write one commit durably: cut a torn tail first, then one `os.write` on an
+        O_APPEND descriptor and one fsync. On failure the line is cut away again, so a
+        commit that raised is not on disk. Returns the file's identity after the write."""
+        line = encode_log_line(seq, changes)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size > valid_end:
+                os.ftruncate(fd, valid_end)  # a killed writer's half line
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, f"{self.path}: wrote {written} of "
+                                  f"{len(line)} bytes", str(self.path))
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, valid_end)
+                raise
+            identity = _fd_id(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.path.parent)
+        return identity
+
+    def truncate(self) -> FileId:
+        """Empty the log once a snapshot holds all of it."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+            return _fd_id(fd)
+        finally:
+            os.close(fd)
 
 
 # --- the store -------------------------------------------------------------------------
@@ -768,16 +1039,36 @@ def _held_locks() -> set[str]:
     return locks
 
 
+@dataclass(frozen=True)
+class _Cached:
+    """The state as this process last read or wrote it, and how the files looked then."""
+
+    snapshot: _Snapshot
+    files: tuple[FileId, FileId]  # state.json, state.log
+    seq: int  # the last commit's seq
+    log_end: int  # where the next log line goes (a torn tail beyond it is cut first)
+    snapshot_size: int
+
+
 class StateStore:
-    """The state directory: `state.json`, its lock, and the daemon's single-instance lock."""
+    """The state directory: `state.json` and `state.log`, their lock, and the daemon's
+    single-instance lock.
+
+    The parsed state is kept in memory between transactions and reused while the files
+    are as this process left them (checked with one stat each, under the lock), so a pass
+    made of many small transactions reads the files once.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / STATE_FILE
+        self.log_path = self.state_dir / LOG_FILE
         self.lock_path = self.state_dir / LOCK_FILE
         self.daemon_lock_path = self.state_dir / DAEMON_LOCK_FILE
         self._storage = AtomicJSONStorage(self.path)
+        self._log = StateLog(self.log_path)
+        self._cache: _Cached | None = None
         self._swept_temps = False
 
     @contextlib.contextmanager
@@ -803,52 +1094,132 @@ class StateStore:
     def transaction(self) -> Iterator[Transaction]:
         """Read, change and write the state as one step, exclusive of other processes.
 
-        Writes the file once at exit if anything changed; an exception writes nothing.
+        Commits once at exit if anything changed (one log line); an exception writes
+        nothing and leaves the cache as it was.
         """
         with self._flock(fcntl.LOCK_EX):
             if not self._swept_temps:
                 self._sweep_temps()
-            tx = Transaction(self.path, self._upgraded(self._storage.read() or {}))
+            cached, _found = self._current(upgrade=True)
+            tx = Transaction(self.path, cached.snapshot)
             yield tx
             if tx.changed:
-                self._storage.write(tx._data_to_commit())
+                self._commit(cached, tx)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[StateView]:
         """A read-only snapshot, read under a shared lock.
 
-        The lock is released once the file is read: the view is in memory, so a long
-        `relance status` never holds up the daemon's next pass.
+        The lock is released once the state is read: the view is in memory, so a long
+        `relance status` never holds up the daemon's next pass, and later commits make a
+        new snapshot instead of changing this one.
         """
         with self._flock(fcntl.LOCK_SH):
-            data, _found = migrate(self._storage.read() or {}, self.path)
-            view = StateView(self.path, data)
-        yield view
+            cached, _found = self._current(upgrade=False)
+        yield StateView(self.path, cached.snapshot)
 
     def upgrade(self) -> int | None:
-        """Bring `state.json` to the current format now; the version it had, or None
+        """Bring the state to the current format now; the version it had, or None
         when it was current. The daemon calls it at start so the upgrade is logged once."""
         with self._flock(fcntl.LOCK_EX):
-            raw = self._storage.read() or {}
-            before = schema_version(raw, self.path)
-            self._upgraded(raw)
-        return None if before == SCHEMA_VERSION else before
+            _cached, found = self._current(upgrade=True)
+        return None if found == SCHEMA_VERSION else found
 
-    def _upgraded(self, data: dict[str, Any]) -> dict[str, Any]:
-        """`data` in the current format; an older file is backed up and rewritten first.
+    def compact(self) -> None:
+        """Fold `state.log` into `state.json` now (commits do it when the log grows)."""
+        with self._flock(fcntl.LOCK_EX):
+            cached, _found = self._current(upgrade=True)
+            if cached.log_end or file_id(self.log_path):
+                self._cache = self._compacted(cached, cached.snapshot)
 
-        Call with the exclusive lock held. The backup (`state.json.vN.bak`) is the file
-        byte for byte, so going back to the older relance is a copy away.
-        """
-        data, found = migrate(data, self.path)
-        if found != SCHEMA_VERSION:
-            backup = self.path.with_name(f"{self.path.name}.v{found}.bak")
-            if not backup.exists():
-                AtomicJSONStorage(backup).write_bytes(self.path.read_bytes())
-            self._storage.write(data)
-            log.info("event=state-upgraded file=%s from=%d to=%d backup=%s",
-                     self.path, found, SCHEMA_VERSION, backup)
-        return data
+    # -- reading and writing, with the lock held --
+
+    def _current(self, *, upgrade: bool) -> tuple[_Cached, int]:
+        """The state now, from the cache when neither file changed since this process
+        last saw them, else read again (another process committed). Returns the version
+        the files were in."""
+        files = (file_id(self.path), file_id(self.log_path))
+        cached = self._cache
+        if cached is not None and cached.files == files:
+            return cached, SCHEMA_VERSION
+        return self._load(files, upgrade=upgrade)
+
+    def _load(self, files: tuple[FileId, FileId], *, upgrade: bool) -> tuple[_Cached, int]:
+        """Read `state.json`, replay `state.log` over it, migrate; with `upgrade` (the
+        exclusive lock held) an older format is backed up and rewritten."""
+        raw = self._storage.read() or {}
+        snapshot_version = schema_version(raw, self.path)
+        if snapshot_version > SCHEMA_VERSION:
+            raise StateTooNew(self.path, snapshot_version, SCHEMA_VERSION)
+        snapshot_seq = _pop_log_seq(raw, self.path)
+        if snapshot_version >= LOG_SINCE:
+            replay = self._log.read(snapshot_seq)
+        else:
+            # A file from before the log: any state.log was left by a newer relance that
+            # was then downgraded; it does not continue this file.
+            replay = LogRead([], snapshot_seq, 0, 0)
+        for changes in replay.changes:
+            _apply(raw, changes)
+        data, found = migrate(raw, self.path)
+        snapshot = build_snapshot(data, self.path)
+        size = files[0][1] if files[0] else 0
+        cached = _Cached(snapshot, files, replay.last_seq, replay.valid_end, size)
+        if found == SCHEMA_VERSION:
+            self._cache = cached
+        elif upgrade:
+            cached = self._upgrade_files(cached, found, log_replayed=bool(replay.changes))
+        return cached, found
+
+    def _upgrade_files(self, cached: _Cached, found: int, *, log_replayed: bool) -> _Cached:
+        """Keep the files of version `found` byte for byte as `*.vN.bak`, then write the
+        state in the current format as a fresh snapshot."""
+        backup = self.path.with_name(f"{self.path.name}.v{found}.bak")
+        if not backup.exists():
+            AtomicJSONStorage(backup).write_bytes(self.path.read_bytes())
+            if log_replayed:
+                AtomicJSONStorage(self.log_path.with_name(
+                    f"{LOG_FILE}.v{found}.bak")).write_bytes(self.log_path.read_bytes())
+        if found < LOG_SINCE and file_id(self.log_path):
+            os.replace(self.log_path, self.log_path.with_name(f"{LOG_FILE}.stale"))
+        self._cache = upgraded = self._compacted(cached, cached.snapshot)
+        log.info("event=state-upgraded file=%s from=%d to=%d backup=%s",
+                 self.path, found, SCHEMA_VERSION, backup)
+        return upgraded
+
+    def _commit(self, cached: _Cached, tx: Transaction) -> None:
+        """Make the transaction durable, then make it the cache."""
+        changes = tx._changes()
+        snapshot = tx._close()
+        if cached.files[0] is None:
+            # The first commit writes the snapshot itself: a state.json always exists
+            # beside a log, and stamps the format an older relance would refuse.
+            self._cache = self._compacted(cached, snapshot)
+            return
+        seq = cached.seq + 1
+        log_id = self._log.append(seq, changes, cached.log_end)
+        assert log_id is not None
+        committed = _Cached(snapshot, (cached.files[0], log_id), seq, log_id[1],
+                            cached.snapshot_size)
+        self._cache = committed
+        if log_id[1] > max(COMPACT_MIN_BYTES, cached.snapshot_size // 2):
+            try:
+                self._cache = self._compacted(committed, snapshot)
+            except OSError as exc:
+                # The commit is durable in the log; the next one tries to compact again.
+                log.warning("event=state-compaction-failed file=%s reason=%s", self.path, exc)
+
+    def _compacted(self, cached: _Cached, snapshot: _Snapshot) -> _Cached:
+        """Write every table to `state.json` stamped with the last seq, then empty the
+        log. A crash between the two leaves log lines the stamp says to skip."""
+        meta = dict(snapshot.tables.get(_META, {}).get("1") or {})
+        meta.setdefault("schema_version", SCHEMA_VERSION)
+        meta[_LOG_SEQ] = cached.seq
+        data = {**snapshot.tables, _META: {"1": meta}}
+        self._storage.write(data)
+        snapshot_id = file_id(self.path)
+        log_id = self._log.truncate()
+        size = snapshot_id[1] if snapshot_id else 0
+        return _Cached(snapshot, (snapshot_id, log_id), cached.seq, 0, size)
 
     def _sweep_temps(self) -> None:
         """Remove temp files a killed writer left behind (only ever under the lock)."""
@@ -878,6 +1249,28 @@ class StateStore:
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
+
+
+def _pop_log_seq(data: dict[str, Any], path: Path) -> int:
+    """Take the snapshot's seq stamp out of `meta` (it describes the file, not the state)."""
+    doc = (data.get(_META) or {}).get("1")
+    if not isinstance(doc, dict) or _LOG_SEQ not in doc:
+        return 0
+    seq = doc.pop(_LOG_SEQ)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise StateCorrupt(path, f"{_LOG_SEQ} {seq!r}: expected a whole number")
+    return seq
+
+
+def _apply(data: dict[str, Any], changes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Replay one log line: each document replaced whole (None deletes it)."""
+    for table, docs in changes.items():
+        target = data.setdefault(table, {})
+        for doc_id, doc in docs.items():
+            if doc is None:
+                target.pop(doc_id, None)
+            else:
+                target[doc_id] = doc
 
 
 def _read_pid(fd: int) -> int | None:

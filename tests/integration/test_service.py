@@ -9,7 +9,6 @@ clean exit within 5 s on SIGTERM.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import secrets
 import signal
@@ -28,6 +27,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relance import defaults
+from relance.store.state import SCHEMA_VERSION, StateStore
 from tests.mailservers import SMTP_PASSWORD, SMTP_USERNAME, Dovecot, MailUser, SmtpServer
 
 pytestmark = pytest.mark.dovecot
@@ -235,9 +235,9 @@ def test_notifies_ready_status_watchdog_and_stops_cleanly(
     assert daemon.process.returncode == 0, daemon.log
     notify.wait_for(lambda m: m.get("STOPPING") == "1", 1.0, after=mark)
     assert "event=stopped" in daemon.log
-    state = json.loads(firm.state_file.read_text())
-    assert [c["number"] for c in state["cases"].values()] == ["F-2026-0042"]
-    assert list(state["meta"].values()) == [{"schema_version": 1}]
+    with StateStore(firm.state_file.parent).reading() as view:
+        assert list(view.cases()) == ["F-2026-0042"]
+        assert view.meta("schema_version") == SCHEMA_VERSION
     assert "Traceback" not in daemon.log
 
 

@@ -140,3 +140,60 @@ def test_two_processes_appending_never_interleave(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in lines]
     for who in ("A", "B"):
         assert [e["seq"] for e in entries if e["case"] == who] == list(range(100))
+
+
+def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(journal_module.os, "fsync", spy)
+    return calls
+
+
+def test_each_entry_outside_a_batch_is_fsynced(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal(tmp_path)
+    journal.append("note", at=AT)
+    fsyncs = count_fsyncs(monkeypatch)
+    journal.append("note", at=AT)
+    journal.append("note", at=AT)
+    assert len(fsyncs) == 2
+
+
+def test_a_batch_writes_each_line_at_once_and_fsyncs_once_at_its_end(
+    tmp_path: Path, monkeypatch
+) -> None:
+    journal = Journal(tmp_path)
+    journal.append("note", at=AT)
+    fsyncs = count_fsyncs(monkeypatch)
+    with journal.batch():
+        journal.append("note", at=AT, case="F1")
+        with journal.batch():  # nested: still one fsync, at the outermost end
+            journal.append("note", at=AT, case="F2")
+        assert [e["case"] for e in journal.entries()] == [None, "F1", "F2"]
+        journal.append("note", at=AT, case="F3")
+        assert fsyncs == []
+    assert len(fsyncs) == 1
+    journal.append("note", at=AT)
+    assert len(fsyncs) == 2, "after the batch, each entry is fsynced again"
+
+
+def test_a_batch_that_raises_still_fsyncs_what_it_wrote(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal(tmp_path)
+    fsyncs = count_fsyncs(monkeypatch)
+    with pytest.raises(RuntimeError, match="boom"), journal.batch():
+        journal.append("note", at=AT, case="F1")
+        raise RuntimeError("boom")
+    assert len(fsyncs) >= 1  # the file, and the directory it was created in
+    assert [e["case"] for e in journal.entries()] == ["F1"]
+
+
+def test_an_empty_batch_fsyncs_nothing(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal(tmp_path)
+    fsyncs = count_fsyncs(monkeypatch)
+    with journal.batch():
+        pass
+    assert fsyncs == []

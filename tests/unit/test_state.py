@@ -19,6 +19,7 @@ import pytest
 from relance.model import Case, CaseState, StepRecord
 from relance.store import state as state_module
 from relance.store.state import (
+    SCHEMA_VERSION,
     AlreadyRunning,
     AtomicJSONStorage,
     Cursor,
@@ -236,13 +237,13 @@ def test_state_file_carries_schema_version(tmp_path: Path) -> None:
     with store.transaction() as tx:
         tx.put_case(bare_case())
     data = json.loads(store.path.read_text())
-    assert list(data["meta"].values()) == [{"schema_version": 1}]
+    assert list(data["meta"].values()) == [{"schema_version": SCHEMA_VERSION, "log_seq": 0}]
     assert set(data) >= {"cases", "meta"}
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.path.write_text('{"meta": {"1": {"schema_version": 2}}}')
+    store.path.write_text(f'{{"meta": {{"1": {{"schema_version": {SCHEMA_VERSION + 1}}}}}}}')
     with pytest.raises(StateCorrupt, match="schema version"), store.reading():
         pass
 
@@ -407,23 +408,42 @@ def test_missing_or_empty_file_reads_as_empty_state(tmp_path: Path) -> None:
 
 def test_failed_replace_leaves_old_file_intact_and_no_temp(tmp_path: Path, monkeypatch) -> None:
     store = StateStore(tmp_path)
-    with store.transaction() as tx:
-        tx.put_case(make_case("F1"))
-    before = store.path.read_bytes()
+    before_case = make_case("F1")
 
     def killed(src: Any, dst: Any) -> None:
         raise OSError("killed between fsync and rename")
 
     monkeypatch.setattr(state_module.os, "replace", killed)
     with pytest.raises(OSError, match="killed"), store.transaction() as tx:
+        tx.put_case(before_case)  # the first commit writes the snapshot itself
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.lock"]
+    with store.reading() as view:
+        assert view.cases() == {}
+
+
+def test_failed_log_append_leaves_the_state_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        tx.put_case(make_case("F1"))
+    with store.transaction() as tx:
+        tx.put_case(make_case("F2"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_failed(fd: int) -> None:
+        raise OSError("fsync failed")
+
+    monkeypatch.setattr(state_module.os, "fsync", disk_failed)
+    with pytest.raises(OSError, match="fsync failed"), store.transaction() as tx:
         tx.put_case(make_case("F1", state=CaseState.STOPPED))
     monkeypatch.undo()
 
-    assert store.path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.lock"]
-    with store.reading() as view:
-        case = view.get_case("F1")
-        assert case is not None and case.state is CaseState.PAUSED
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for reader in (store, StateStore(tmp_path)):
+        with reader.reading() as view:
+            case = view.get_case("F1")
+            assert case is not None and case.state is CaseState.PAUSED
 
 
 def test_leftover_temp_files_are_swept_under_the_lock(tmp_path: Path) -> None:

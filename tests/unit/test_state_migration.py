@@ -77,11 +77,11 @@ def test_upgrade_rewrites_v0_and_keeps_a_backup(tmp_path: Path,
     with caplog.at_level("INFO", logger="relance"):
         assert store.upgrade() == 0
     data = on_disk(store)
-    assert list(data["meta"].values()) == [{"schema_version": SCHEMA_VERSION}]
+    assert list(data["meta"].values()) == [{"schema_version": SCHEMA_VERSION, "log_seq": 0}]
     assert data["cases"] == {"1": V0_CASE}
     assert set(data) >= {"cases", "cursors", "sends", "meta"}
     assert (tmp_path / "state.json.v0.bak").read_bytes() == raw
-    assert "event=state-upgraded" in caplog.text and "from=0 to=1" in caplog.text
+    assert "event=state-upgraded" in caplog.text and f"from=0 to={SCHEMA_VERSION}" in caplog.text
     assert store.upgrade() is None, "a second start has nothing to do"
 
 
@@ -90,7 +90,8 @@ def test_first_transaction_upgrades_too(tmp_path: Path) -> None:
     write_v0(store)
     with store.transaction() as tx:
         assert tx.get_case("F-2024-017") is not None
-    assert list(on_disk(store)["meta"].values()) == [{"schema_version": SCHEMA_VERSION}]
+    assert list(on_disk(store)["meta"].values()) == [
+        {"schema_version": SCHEMA_VERSION, "log_seq": 0}]
     assert (tmp_path / "state.json.v0.bak").exists()
 
 
@@ -144,9 +145,9 @@ def test_migrations_chain_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_missing_migration_step_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_module, "SCHEMA_VERSION", 2)
-    with pytest.raises(StateCorrupt, match="schema version 1: this relance cannot upgrade it"):
-        migrate({"cases": {}, "meta": {"1": {"schema_version": 1}}})
+    monkeypatch.setattr(state_module, "SCHEMA_VERSION", 3)
+    with pytest.raises(StateCorrupt, match="schema version 2: this relance cannot upgrade it"):
+        migrate({"cases": {}, "meta": {"1": {"schema_version": 2}}})
 
 
 def test_failing_migration_is_reported_and_nothing_written(
@@ -162,3 +163,48 @@ def test_failing_migration_is_reported_and_nothing_written(
         store.upgrade()
     assert store.path.read_bytes() == raw
     assert not (tmp_path / "state.json.v0.bak").exists()
+
+
+def write_v1(store: StateStore) -> bytes:
+    """A state file as relance 1 wrote it: every table, the version, no log."""
+    raw = json.dumps({"cases": {"1": V0_CASE}, "cursors": {}, "sends": {},
+                      "meta": {"1": {"schema_version": 1, "digest_at": "2025-01-01"}}}).encode()
+    store.path.write_bytes(raw)
+    return raw
+
+
+def test_v1_file_is_upgraded_to_the_log_format_with_a_backup(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    raw = write_v1(store)
+    with store.reading() as view:
+        assert view.get_case("F-2024-017") is not None
+        assert view.meta("digest_at") == "2025-01-01"
+    assert store.path.read_bytes() == raw, "reading never writes"
+
+    assert store.upgrade() == 1
+    assert (tmp_path / "state.json.v1.bak").read_bytes() == raw
+    data = on_disk(store)
+    assert data["meta"] == {"1": {"schema_version": 2, "digest_at": "2025-01-01", "log_seq": 0}}
+    assert data["cases"] == {"1": V0_CASE}
+    with store.transaction() as tx:  # a commit after the upgrade goes to the log
+        tx.set_meta("digest_at", "2025-02-01")
+    assert on_disk(store)["meta"]["1"]["digest_at"] == "2025-01-01"
+    with StateStore(tmp_path).reading() as view:
+        assert view.meta("digest_at") == "2025-02-01"
+
+
+def test_a_log_beside_a_v1_file_is_not_replayed_but_set_aside(tmp_path: Path) -> None:
+    """relance 2 wrote a log, was downgraded, relance 1 wrote state.json: the log belongs
+    to a state that no longer is."""
+    store = StateStore(tmp_path)
+    write_v1(store)
+    stale = state_module.encode_log_line(
+        1, {"cases": {"1": {**V0_CASE, "state": "paid"}}})
+    store.log_path.write_bytes(stale)
+    with store.reading() as view:
+        assert view.get_case("F-2024-017").state.value == "chasing"  # type: ignore[union-attr]
+    assert store.upgrade() == 1
+    assert not store.log_path.exists()
+    assert (tmp_path / "state.log.stale").read_bytes() == stale
+    with StateStore(tmp_path).reading() as view:
+        assert view.get_case("F-2024-017").state.value == "chasing"  # type: ignore[union-attr]
