@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from fnmatch import fnmatch
-from typing import Any
-
-import facturx
-import pypdf
-from lxml import etree
-from pypdf import PdfReader
+from typing import TYPE_CHECKING, Any
 
 from relance.model import Attachment
+
+if TYPE_CHECKING:
+    from lxml import etree
+    from pypdf import PdfReader
+
+# pypdf (~23 MB), factur-x (~41 MB: its XSDs and PDF stack) and lxml are imported on the
+# first attachment that needs them: most mailboxes hold far more mail than invoices, and
+# the daemon's resident memory should not pay for a reader it may never use.
 
 MAX_PDF_BYTES = 20 * 1024 * 1024  # invoices are small; bigger is a scan or an attack
 MAX_PAGES = 20  # the facts are on the first pages; the rest is annexes
@@ -100,6 +103,8 @@ def read_pdf(data: bytes, filename: str = "") -> Document:
     notes: list[str] = []
     # pypdf raises many exception types on broken files (and RecursionError on loops);
     # one bad attachment must only cost a note.
+    from pypdf import PdfReader  # lazy: see the imports above
+
     try:
         with _bounded_pypdf():
             reader = PdfReader(io.BytesIO(data))
@@ -121,6 +126,8 @@ def read_pdf(data: bytes, filename: str = "") -> Document:
 @contextlib.contextmanager
 def _bounded_pypdf() -> Iterator[None]:
     """Tighter pypdf limits for this read only (pypdf >= 7 scopes them to the context)."""
+    import pypdf  # lazy: see the imports above
+
     apply_configuration = getattr(pypdf, "apply_configuration", None)
     if apply_configuration is None:  # older pypdf: its own 75 MB limits still hold
         yield
@@ -147,10 +154,14 @@ def parse_invoice_xml(data: bytes, name: str = "invoice.xml") -> tuple[XmlFacts 
     """Parse CII (Factur-X / ZUGFeRD 2) or UBL 2.1; (None, why) when it is not an invoice."""
     if len(data) > MAX_XML_BYTES:
         return None, f"{name}: XML larger than 5 MB, not read"
+    from lxml import etree  # lazy: see the imports above
+
     try:
         root = etree.fromstring(data, parser=_safe_xml_parser())
     except etree.XMLSyntaxError as exc:
         return None, f"{name}: not well-formed XML ({_short(exc)})"
+    import facturx  # lazy: see the imports above
+
     try:
         flavor = facturx.get_flavor(root)
     except Exception:  # factur-x raises a bare Exception for unknown roots
@@ -171,6 +182,8 @@ def parse_invoice_xml(data: bytes, name: str = "invoice.xml") -> tuple[XmlFacts 
 
 
 def _xml_facts(data_dict: dict[str, Any], flavor: str, name: str) -> tuple[XmlFacts | None, str]:
+    import facturx  # lazy: see the imports above
+
     type_code = str(data_dict.get("BT-3") or "").strip()
     if type_code == _PROFORMA_TYPE_CODE:
         return None, f"{name}: pro forma invoice (type code 325), not a claim"
@@ -264,6 +277,8 @@ def _decrypt_with_empty_password(reader: PdfReader) -> bool:
 
 def _safe_xml_parser() -> etree.XMLParser:
     """No entities, no DTD, no network: attachments come from strangers."""
+    from lxml import etree  # lazy: see the imports above
+
     return etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )

@@ -22,15 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+from typing import TYPE_CHECKING, Any
 
 from relance.core.commands import CommandRefused
 from relance.core.compose import RECOVERY_INDEMNITY
 from relance.model import Case, CaseState, Firm
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 # The ECB main refinancing rate, in percent: 2.15 % since 11 June 2025, the rate in force
 # on 1 January 2026. A parameter everywhere: the firm's terms or a new semester may call
@@ -419,17 +420,27 @@ def find_fonts(directory: Path | None = None) -> tuple[str, dict[str, Path]] | N
     return None
 
 
-class _Pdf(FPDF):
-    def footer(self) -> None:
-        self.set_y(-11)
-        self.set_font(size=8)
-        self.set_text_color(110)
-        self.cell(0, 5, f"{self.page_no()}/{{nb}}", align="C")
-        self.set_text_color(0)
+@cache
+def _pdf_class() -> type[FPDF]:
+    """fpdf2 (with fontTools) costs ~56 MB of memory; only a formal notice needs it, so
+    it is imported on the first letter, not when the daemon starts."""
+    from fpdf import FPDF
+
+    class _Pdf(FPDF):
+        def footer(self) -> None:
+            self.set_y(-11)
+            self.set_font(size=8)
+            self.set_text_color(110)
+            self.cell(0, 5, f"{self.page_no()}/{{nb}}", align="C")
+            self.set_text_color(0)
+
+    return _Pdf
 
 
 def _as_pdf(blocks: Sequence[Block], notice: FormalNotice, fonts: Path | None) -> bytes:
-    pdf = _Pdf(format="A4", unit="mm")
+    from fpdf.enums import XPos, YPos  # lazy: see _pdf_class
+
+    pdf = _pdf_class()(format="A4", unit="mm")
     pdf.set_margins(22, 15, 20)
     pdf.set_auto_page_break(True, margin=16)
     found = find_fonts(fonts)

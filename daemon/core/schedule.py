@@ -17,8 +17,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from relance.model import Case, CaseState, Decision, PlannedStep
 from relance.rules.model import ClientProfile, Offset, Rules, Step
 
@@ -51,6 +49,8 @@ class BusinessCalendar:
     def from_rules(cls, rules: Rules, tz: ZoneInfo) -> BusinessCalendar:
         """Build the calendar the rules describe; an unknown country or region is a
         ValueError here, once, rather than a crash at the first holiday lookup."""
+        import holidays  # lazy (~6 MB): only a calendar needs it, not every import
+
         country, subdiv = rules.holidays.country, rules.holidays.subdivision
         try:
             holidays.country_holidays(country, subdiv=subdiv)
@@ -81,6 +81,8 @@ class BusinessCalendar:
         """The public holidays of one year, computed once."""
         days = self._holidays.get(year)
         if days is None:
+            import holidays  # lazy: see from_rules
+
             table = holidays.country_holidays(self.country, subdiv=self.subdivision, years=year)
             days = frozenset(table.keys())
             self._holidays[year] = days

@@ -23,7 +23,6 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-import holidays
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -571,6 +570,8 @@ def _check_meaning(
 
     section = plain.get("holidays")
     if isinstance(section, dict):
+        import holidays  # lazy (~6 MB): only rules with a holidays section need it
+
         supported = holidays.list_supported_countries()
         country = section.get("country", "FR")
         subdivision = section.get("subdivision")

@@ -39,8 +39,6 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import dkim
-
 from relance.core.compose import reply_excerpt
 from relance.mailbox.parse import ParseFailure, header_block, parse_headers, parse_message
 from relance.model import Attachment, Case, Firm, Mail
@@ -180,6 +178,8 @@ def dkim_check(raw: bytes, checked_at: datetime, dnsfunc: DnsFunc | None = None)
     arrives and keep the record (in the journal): a key rotated or withdrawn later turns
     a genuine signature into a failure.
     """
+    import dkim  # lazy: dkimpy (and its DNS stack, ~11 MB) only once a message is checked
+
     signatures: list[dict[str, Any]] = []
     try:
         verifier_headers = [
@@ -205,6 +205,8 @@ def dkim_check(raw: bytes, checked_at: datetime, dnsfunc: DnsFunc | None = None)
 
 
 def _check_signature(raw: bytes, idx: int, dnsfunc: DnsFunc | None) -> dict[str, Any]:
+    import dkim  # lazy: see dkim_check
+
     logger = logging.Logger("relance.dkim")  # unregistered: one per check, then gone
     collected = _Collect()
     logger.addHandler(collected)

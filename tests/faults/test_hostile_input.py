@@ -308,13 +308,6 @@ def test_crlf_and_template_syntax_in_a_client_name_or_subject_never_reach_a_head
     assert "49" not in body.replace(NUMBER, "")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: relance.mailbox.parse.parse_headers reads header bytes with policy.compat32, "
-    "so raw UTF-8 headers (RFC 6532, sent by many mail programs) come out as "
-    "'Facture n\\ufffd\\ufffd F-1'; the reminder then carries the garbled subject in the "
-    "client's thread and the garbled client name. Expected: 8-bit header bytes are read "
-    "as UTF-8 (falling back to latin-1), e.g. BytesHeaderParser with policy.default or "
-    "decoding surrogateescape'd text."))
 def test_an_8bit_utf8_subject_and_name_reach_the_reminder_intact(
     wired: Wired, client: MailUser
 ) -> None:
