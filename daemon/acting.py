@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
 from relance.archive import (
     SEAL_STATES,
     cases_to_seal,
@@ -59,12 +61,14 @@ class Acting:
             else:
                 self._guarded(case, decision, now,
                               lambda c=case, d=decision: self.hand_over(c, d, now, notices))
+                self.spool_notices(notices, now)  # each action's notices, once committed
         for group in groups.values():
             # The most overdue invoice leads: the mail replies in its thread.
             group.sort(key=lambda d: (cases[d.number].due_date, d.number))
             lead = cases[group[0].number]
             self._guarded(lead, group[0], now, lambda g=group: self.send_reminder(
                 mailbox, sent_folder, [(cases[d.number], d) for d in g], now, notices))
+            self.spool_notices(notices, now)
 
     def _guarded(self, case: Case, decision: Decision, now: datetime,
                  action: Callable[[], None]) -> None:
@@ -164,6 +168,11 @@ class Acting:
                                decision.step_index, _group_label(items), now)
             elif mode is Mode.SEND:
                 tx.retry_intent(message_id, at=now)
+        copy_to_sent = mode is Mode.SEND and self.config.smtp.copy_to_sent
+        if copy_to_sent:
+            # The copy Sent owes, kept until it is filed: a crash between the server's
+            # "250" and the APPEND leaves it here for `file_pending_copies`.
+            self.to_sent.put(message_id, message.as_bytes())
         if mode is Mode.DRAFT:
             mailbox.append(mailbox.drafts_folder(), message.as_bytes(), (b"\\Draft",), now)
             outcome = smtp.SendOutcome("drafted", "appended to Drafts")
@@ -192,22 +201,68 @@ class Acting:
                     if outcome.status == "sent":
                         fresh = dataclasses.replace(fresh, last_contact_at=now)
                     tx.put_case(fresh)
-        for item_case, item_decision in items:
-            self.event(now, f"reminder-{outcome.status}", item_case.number,
-                       step=item_decision.step_index, step_name=item_decision.step_name,
-                       to=message["To"], message_id=message_id, smtp_reply=outcome.reply,
-                       refused=outcome.refused or None, grouped_with=numbers
-                       if len(items) > 1 else None, balance=item_case.balance,
-                       days_late=(now.date() - item_case.due_date).days
-                       if item_case.due_date else None)
-        if outcome.status == "sent" and self.config.smtp.copy_to_sent:
-            mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
-        elif outcome.status == "unknown":
+            # Journalled before the commit: a kill between the two leaves the intent on
+            # disk and this line in the journal, from which the next pass resolves it.
+            for item_case, item_decision in items:
+                self.event(now, f"reminder-{outcome.status}", item_case.number,
+                           step=item_decision.step_index, step_name=item_decision.step_name,
+                           to=message["To"], message_id=message_id, smtp_reply=outcome.reply,
+                           refused=outcome.refused or None, grouped_with=numbers
+                           if len(items) > 1 else None, balance=item_case.balance,
+                           days_late=(now.date() - item_case.due_date).days
+                           if item_case.due_date else None)
+        if copy_to_sent:
+            if outcome.status == "sent":
+                mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
+            # Filed, or never to be filed: a copy of an "unknown" send in Sent would make
+            # a later lookup say "sent"; a failed one is spooled again by its retry.
+            self.to_sent.remove(message_id)
+        if outcome.status == "unknown":
             notices.append(Notice("send-unknown", "notice-send-unknown", case, {
                 "message_id": message_id, "step_name": decision.step_name,
                 "step_index": decision.step_index, "attempted_at": now,
                 "detail": outcome.reply,
             }))
+
+    def file_pending_copies(self, mailbox: Mailbox, sent_folder: str, now: datetime) -> None:
+        """File the copies of reminders the server took but Sent does not show (a crash
+        or a dead link between the "250" and the APPEND); drop those that will never be
+        filed. Runs after `resolve_pending_sends`, so a crash mid-send is settled first."""
+        if self.config.mode is Mode.DRY_RUN:
+            return
+        spooled, damaged = self.to_sent.items()
+        for bad in damaged:
+            self._set_aside(self.to_sent, bad.path, bad.reason, now)
+        if not spooled:
+            return
+        with self.store.reading() as view:
+            records = {item.message_id: view.send(item.message_id) for item in spooled}
+        for item in spooled:
+            record = records[item.message_id]
+            if record is not None and record.status == "intent":
+                continue  # not settled yet (resolve_pending_sends failed): next pass
+            if (record is not None and record.status == "sent"
+                    and self.config.smtp.copy_to_sent
+                    and not mailbox.find_message_id(sent_folder, item.message_id)):
+                try:
+                    mailbox.append(sent_folder, item.raw, (b"\\Seen",),
+                                   record.recorded_at or now)
+                except IMAPClientAbortError:
+                    raise  # a dead link: the copy waits for the next pass
+                except IMAPClientError as exc:
+                    # The server answered NO (quota, size): trying at every pass would
+                    # stop every pass here. Keep the copy in failed/ and say so.
+                    log.error("copy of %s refused by the IMAP server (%s): kept in %s",
+                              item.message_id, exc, self.to_sent.directory / "failed")
+                    for number in record.number.split():
+                        self.event(now, "copy-refused", number, message_id=item.message_id,
+                                   folder=sent_folder, reason=str(exc))
+                    self._set_aside(self.to_sent, item.path, str(exc), now, journal=False)
+                    continue
+                for number in record.number.split():
+                    self.event(now, "reminder-filed", number, message_id=item.message_id,
+                               folder=sent_folder)
+            self.to_sent.remove(item.message_id)
 
     def _already_sent(
         self, items: list[tuple[Case, Decision]], message_id: str, now: datetime
@@ -218,9 +273,9 @@ class Acting:
                 if fresh.last_step < item_decision.step_index:
                     tx.put_case(record_step(fresh, item_decision.step_index,
                                              item_decision.step_name, now, message_id, "sent"))
-        for item_case, item_decision in items:
-            self.event(now, "reminder-found-in-sent", item_case.number,
-                       step=item_decision.step_index, message_id=message_id)
+            for item_case, item_decision in items:  # journalled before the commit
+                self.event(now, "reminder-found-in-sent", item_case.number,
+                           step=item_decision.step_index, message_id=message_id)
 
     def hand_over(
         self, case: Case, decision: Decision, now: datetime, notices: list[Notice]

@@ -3,15 +3,32 @@
 This module is wiring only. It reads what is new in the mailbox (adapters), asks the core
 what it means and what is due, carries the decisions out, and records each in the state
 and the journal. Every function takes `now`: only `run` reads the clock.
+
+Nothing owed is lost to a crash or an outage. A notice to the owner is rendered and
+spooled in the outbox (`state/outbox/`, see `relance.store.outbox`) right after the stage
+of the pass that committed its cause (the sync of a folder, each action, the drop folders,
+the digest); the last stage sends the whole outbox, including what earlier passes could
+not send. The server took it: removed. A 4xx or a dead link: kept for the next pass. A
+5xx: set aside in `outbox/failed/` and logged. An ambiguous end of DATA ("unknown"):
+removed, never resent, as for reminders.
+
+What remains: a kill between a stage's state commit and its spool write (rendering the
+notices of that stage, milliseconds, but for a folder's sync as long as the rest of that
+folder's sync) loses those notices; closing it would mean spooling inside the state
+transaction, which sync and listening own. And a kill after the server took a notice and
+before its file is removed sends that notice twice: for the owner's notices a duplicate is
+the lesser harm (reminders to clients, which must not be duplicated, keep their intents).
 """
 
 from __future__ import annotations
 
+import email
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from relance.acting import Acting, group_steps
@@ -39,6 +56,7 @@ from relance.model import (
 from relance.rules.load import load_rules
 from relance.rules.model import Rules
 from relance.store.journal import Journal
+from relance.store.outbox import Outbox
 from relance.store.secret import load_or_create_secret
 from relance.store.state import StateStore
 from relance.sync import Sync
@@ -52,6 +70,8 @@ NOTICE_TEMPLATES = (
     "notice-payment", "notice-digest", "instalment",
 )
 REIDLE_SECONDS = 9 * 60  # re-issue IDLE before providers drop it at 10 minutes
+OUTBOX_DIR = "outbox"  # in the state directory: notices owed to the owner
+TO_SENT_DIR = "to-sent"  # in the outbox: copies of reminders owed to the Sent folder
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,9 @@ class Daemon(Sync, Intake, Listening, Acting):
         self._sent_folder = ""
         self._last_raw = b""
         self._drop_folders: dict[str, str] = {}
+        self.outbox = Outbox(store.state_dir / OUTBOX_DIR)
+        self.to_sent = Outbox(store.state_dir / OUTBOX_DIR / TO_SENT_DIR)
+        self._notice_position = 0  # keeps the Message-IDs of one pass's notices apart
         # Letters made this run, kept for the case's evidence bundle.
         self._letters: dict[str, tuple[Attachment, ...]] = {}
 
@@ -112,19 +135,30 @@ class Daemon(Sync, Intake, Listening, Acting):
 
     # -- the pass ---------------------------------------------------------------------
     def run_pass(self, mailbox: Mailbox, now: datetime) -> None:
-        """Sync what is new, then act on what is due at `now`."""
+        """Sync what is new, then act on what is due at `now`; the notices each stage
+        owes the owner are spooled as soon as it is done, and sent at the end."""
         notices: list[Notice] = []
+        self._notice_position = 0
         sent_folder = self._sent_folder = mailbox.sent_folder()
-        if not self._drop_folders and self.config.mode is not Mode.DRY_RUN:
-            self._drop_folders = self.ensure_drop_folders(mailbox)  # dry-run creates nothing
+        if self.config.mode is not Mode.DRY_RUN:
+            self.outbox.sweep()  # the daemon lock is held: no writer is half-way
+            self.to_sent.sweep()
+            if not self._drop_folders:  # dry-run creates nothing
+                self._drop_folders = self.ensure_drop_folders(mailbox)
         self.resolve_pending_sends(mailbox, sent_folder, now, notices)
+        self.file_pending_copies(mailbox, sent_folder, now)
+        self.spool_notices(notices, now)
         for folder in (sent_folder, "INBOX"):
             self.sync_folder(mailbox, folder, now, notices)
+            self.spool_notices(notices, now)
         self.sync_drop_folders(mailbox, now, notices)
+        self.spool_notices(notices, now)
         self.act(mailbox, sent_folder, now, notices)
+        self.spool_notices(notices, now)
         self.seal_closed(mailbox, now)
         self.maybe_digest(now, notices)
-        self.send_notices(notices, now)
+        self.spool_notices(notices, now)
+        self.send_outbox(now)
 
     def ensure_drop_folders(self, mailbox: Mailbox) -> dict[str, str]:
         """Relance/Paid, /Pause, /Stop: created when missing, named with the server's
@@ -140,16 +174,25 @@ class Daemon(Sync, Intake, Listening, Acting):
     def resolve_pending_sends(
         self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]
     ) -> None:
-        """An intent with no result means a crash mid-send: look in Sent, never resend."""
+        """An intent with no result means a crash mid-send: never resend. The send
+        happened if the journal says the server took it (the result is journalled before
+        it is committed) or if its copy is in Sent; otherwise it is unknown."""
         with self.store.reading() as view:
             pending = view.sends("intent")
+        if not pending:
+            return
+        journalled = self._journalled_sends({r.message_id for r in pending})
         for record in pending:
-            found = mailbox.find_message_id(sent_folder, record.message_id)
-            status = "sent" if found else "unknown"
+            reply = journalled.get(record.message_id)
+            if reply is not None:
+                status, detail = "sent", f"resolved after restart from the journal: {reply}"
+            else:
+                found = mailbox.find_message_id(sent_folder, record.message_id)
+                status, detail = ("sent" if found else "unknown"), "resolved after restart"
             steps = group_steps(record.number, record.step_index, record.step_name)
             touched: list[Case] = []
             with self.store.transaction() as tx:
-                tx.send_result(record.message_id, status, "resolved after restart", at=now)
+                tx.send_result(record.message_id, status, detail, at=now)
                 for number, step_index, step_name in steps:
                     case = tx.get_case(number)
                     if case is None or case.last_step >= step_index:
@@ -158,9 +201,11 @@ class Daemon(Sync, Intake, Listening, Acting):
                                         record.message_id, status)
                     tx.put_case(case)
                     touched.append(case)
-            for case in touched:
-                self.event(now, "send-resolved", case.number, message_id=record.message_id,
-                           status=status)
+                # Journalled before the commit: a kill in between leaves the intent, and
+                # the next pass resolves (and journals) it again; never a silent result.
+                for number, _index, _name in steps:
+                    self.event(now, "send-resolved", number, message_id=record.message_id,
+                               status=status)
             if status == "unknown" and touched:
                 notices.append(Notice("send-unknown", "notice-send-unknown", touched[0], {
                     "message_id": record.message_id, "step_name": steps[0][2],
@@ -168,34 +213,109 @@ class Daemon(Sync, Intake, Listening, Acting):
                     "detail": "the daemon stopped during the send; the copy is not in Sent",
                 }))
 
+    def _journalled_sends(self, message_ids: set[str]) -> dict[str, str]:
+        """Message-ID → the server's reply, for those of `message_ids` the journal says
+        the server accepted (one read of the journal, only after a crash mid-send)."""
+        found: dict[str, str] = {}
+        for entry in self.journal.entries():
+            message_id = entry.get("message_id")
+            if entry.get("event") == "reminder-sent" and message_id in message_ids:
+                found[str(message_id)] = str(entry.get("smtp_reply") or "")
+        return found
 
     # -- telling the owner ------------------------------------------------------------
-    def send_notices(self, notices: Iterable[Notice], now: datetime) -> None:
-        firm = self.rt.firm
-        for position, notice in enumerate(notices):
-            if not firm.owners:
-                continue
+    def spool_notices(self, notices: list[Notice], now: datetime) -> None:
+        """Render the notices gathered since the last call and spool them in the outbox,
+        so that a crash or an SMTP outage after this point loses none; empties `notices`.
+        Dry-run spools nothing and says what it would send."""
+        pending = list(notices)
+        notices.clear()
+        if not self.rt.firm.owners:
+            return
+        for notice in pending:
+            number = notice.case.number if notice.case else None
             try:
-                message = self.build_notice(notice, now, position)
+                message = self._fresh_notice(notice, now)
             except Exception as exc:
                 log.exception("notice %s could not be written", notice.kind)
-                self.event(now, "notice-failed", notice.case.number if notice.case else None,
-                           kind=notice.kind, reason=f"{type(exc).__name__}: {exc}")
+                self.event(now, "notice-failed", number, kind=notice.kind,
+                           reason=f"{type(exc).__name__}: {exc}")
                 continue
             if self.config.mode is Mode.DRY_RUN:
-                self.event(now, "would-notify", notice.case.number if notice.case else None,
-                           kind=notice.kind, subject=message["Subject"])
+                self.event(now, "would-notify", number, kind=notice.kind,
+                           subject=message["Subject"])
                 continue
-            outcome = smtp.send(self.config.smtp, message)
-            if notice.case is not None and outcome.status != "failed":
-                # The owner's answer to this notice will reference it: keep it in the
-                # case's thread so the answer finds its case.
+            self.outbox.put(str(message["Message-ID"]).strip(), message.as_bytes())
+
+    def _fresh_notice(self, notice: Notice, now: datetime) -> EmailMessage:
+        """The notice with a Message-ID no other notice of this pass, nor one still in
+        the outbox from an earlier pass at the same `now`, has."""
+        while True:
+            position = self._notice_position
+            self._notice_position += 1
+            message = self.build_notice(notice, now, position)
+            if str(message["Message-ID"]).strip() not in self.outbox:
+                return message
+
+    def send_outbox(self, now: datetime) -> None:
+        """Send every notice in the outbox, oldest first (those earlier passes could not
+        send too). A transient failure keeps it and the rest for the next pass."""
+        if self.config.mode is Mode.DRY_RUN:
+            return
+        spooled, damaged = self.outbox.items()
+        for bad in damaged:
+            self._set_aside(self.outbox, bad.path, bad.reason, now)
+        for item in spooled:
+            try:
+                message = email.message_from_bytes(item.raw, _class=EmailMessage,
+                                                   policy=compose.MAIL_POLICY)
+                kind = str(message.get("X-Relance-Notice") or "notice")
+                number = str(message.get("X-Relance-Invoice") or "").strip() or None
+                outcome = smtp.send(self.config.smtp, message)
+            except Exception as exc:
+                # smtp.send never raises for the server or the network: this message
+                # itself is at fault, and must not stop every later pass here.
+                log.exception("notice %s cannot be sent", item.message_id)
+                self._set_aside(self.outbox, item.path, f"{type(exc).__name__}: {exc}", now)
+                continue
+            if outcome.status == smtp.FAILED and outcome.transient:
+                # Not the case's news (case=None): it repeats every pass while it lasts.
+                self.event(now, "notice-deferred", kind=kind, invoice=number,
+                           message_id=item.message_id, smtp_reply=outcome.reply)
+                return  # the server takes nothing now: the rest waits its turn too
+            if outcome.status == smtp.FAILED:
+                log.error("notice %s refused for good (%s): kept in %s", item.message_id,
+                          outcome.reply, self.outbox.directory / "failed")
+                self.event(now, "notice-refused", number, kind=kind,
+                           message_id=item.message_id, smtp_reply=outcome.reply)
+                self._set_aside(self.outbox, item.path, outcome.reply, now, journal=False)
+                continue
+            # "sent", or "unknown": the server may have it, and a notice too is sent at
+            # most once. Either way the owner may answer it: keep it in the case's thread
+            # so the answer finds its case.
+            self.event(now, "owner-notified" if outcome.status == smtp.SENT
+                       else "notice-unknown", number, kind=kind, status=outcome.status,
+                       message_id=item.message_id, smtp_reply=outcome.reply)
+            if number is not None:
                 with self.store.transaction() as tx:
-                    fresh = tx.get_case(notice.case.number)
+                    fresh = tx.get_case(number)
                     if fresh is not None:
-                        tx.put_case(with_thread_id(fresh, str(message["Message-ID"]).strip()))
-            self.event(now, "owner-notified", notice.case.number if notice.case else None,
-                       kind=notice.kind, status=outcome.status, smtp_reply=outcome.reply)
+                        tx.put_case(with_thread_id(fresh, item.message_id))
+            self.outbox.remove(item.message_id)
+
+    def _set_aside(self, outbox: Outbox, path: Path, reason: str, now: datetime,
+                   journal: bool = True) -> None:
+        """A spool file that cannot go (refused for good, or damaged): out of the way of
+        later passes, kept in `failed/` for the owner, said clearly."""
+        try:
+            moved: Path | None = outbox.set_aside(path)
+        except OSError as exc:
+            moved = None
+            log.error("spool file %s could not be set aside: %s", path, exc)
+        if journal:
+            log.error("spool file %s: %s; set aside in %s", path, reason, moved)
+            self.event(now, "outbox-damaged", file=str(path), reason=reason,
+                       moved_to=str(moved) if moved else None)
 
     def build_notice(self, notice: Notice, now: datetime, position: int = 0) -> EmailMessage:
         case = notice.case or _NO_CASE

@@ -758,12 +758,6 @@ def test_kill_after_the_relay_accepted_never_sends_twice_and_tells_the_owner(
     assert firm.office.case(NUMBER).steps[0].outcome == "unknown"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: app.Daemon.send_reminder records 'sent' and only then APPENDs the copy to Sent; "
-    "a crash in between leaves a reminder the client has and Sent never shows "
-    "(PRODUCT.md: every message it sends is in Sent), and resolve_pending_sends only "
-    "looks at intents. Expected: a 'sent' send whose copy is not in Sent yet is appended "
-    "on the next pass (e.g. a 'copied' flag on the send record)."))
 def test_kill_before_the_copy_reaches_sent_still_files_the_copy_later(
     firm: Wired, make_user: MakeUser
 ) -> None:
@@ -781,11 +775,6 @@ def test_kill_before_the_copy_reaches_sent_still_files_the_copy_later(
     assert in_sent(firm, str(reminder["Message-ID"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: app.Daemon.run_pass commits the case change (client replied, case paused) "
-    "before send_notices mails the owner; a crash in between and the owner is never told "
-    "of the reply (the same cause as a notice refused by SMTP: notices are not durable). "
-    "Expected: the notice is queued in the state with the change and sent by a later pass."))
 def test_kill_before_the_reply_notice_leaves_still_tells_the_owner(
     firm: Wired, make_user: MakeUser
 ) -> None:
@@ -816,12 +805,6 @@ class _Killed(BaseException):
     """Stands for SIGKILL inside the process: nothing after it runs."""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the send's result is committed to state.json first and journalled after "
-    "(Daemon.event); a crash in between leaves a reminder the relay accepted with no "
-    "journal line, so the evidence bundle's journal never shows it (seen once in the full "
-    "kill campaign: world 1, F-2026-0106 courtesy). Expected: the journal line is written "
-    "before the state commit, or a restart journals sends the journal lacks."))
 def test_kill_between_the_state_and_the_journal_still_journals_the_send(
     firm: Wired, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,7 +25,7 @@ import pytest
 from relance.mailbox.imap import IMAP_ERRORS
 from relance.model import CaseState
 from relance.store.journal import Journal
-from relance.store.state import AtomicJSONStorage
+from relance.store.state import AtomicJSONStorage, StateLog, StateStore
 from tests.faults.conftest import (
     COURTESY,
     DUE,
@@ -248,11 +248,6 @@ def test_a_one_hour_smtp_outage_loses_nothing_and_sends_nothing_twice(
     assert journal_events(wired, "reminder-unknown") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: app.Daemon.send_notices sends each notice once and forgets it: when the SMTP "
-    "server refuses (4xx) or the process dies before the notice leaves, the owner is never "
-    "told (here: that an invoice lacks its amount). Expected: notices are queued durably "
-    "(in the state, like send intents) and retried by later passes until sent."))
 def test_a_notice_refused_by_the_smtp_server_reaches_the_owner_later(
     wired: Wired, client: MailUser
 ) -> None:
@@ -333,6 +328,14 @@ def bcc_invoice(office: Office, client: MailUser, number: str, when: datetime) -
     return mail.as_bytes()
 
 
+def case_known(state_dir: Path, number: str) -> bool:
+    """Whether the daemon's state holds a case, read as relance reads it (snapshot + log)."""
+    if not (state_dir / "state.json").exists():
+        return False
+    with StateStore(state_dir).reading() as view:
+        return view.get_case(number) is not None
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -344,7 +347,6 @@ def test_daemon_waits_out_an_imap_server_that_is_down_and_connects_when_it_is_ba
     office = wired.office
     write_config(office, imap_port=wired.imap.port, smtp_port=wired.smtp.port,
                  timeout=TIMEOUT, mode="dry-run")
-    state = wired.state_dir / "state.json"
     wired.imap.refuse()
     with daemon(office.config_path, office.home / "daemon.log") as process:
         wait_until(lambda: wired.imap.refused >= 3, 15, "three refused attempts (1 s, 2 s)")
@@ -352,7 +354,7 @@ def test_daemon_waits_out_an_imap_server_that_is_down_and_connects_when_it_is_ba
         took = wait_until(lambda: wired.imap.connections >= 1, 10, "a connection once back")
         office.dovecot.deliver_lmtp(office.firm.address, bcc_invoice(
             office, client, "F-2026-0201", datetime.now(office.config().tz)))
-        wait_until(lambda: state.exists() and "F-2026-0201" in state.read_text(), 15,
+        wait_until(lambda: case_known(wired.state_dir, "F-2026-0201"), 15,
                    "the invoice seen after the outage")
         assert process.poll() is None
     log = (office.home / "daemon.log").read_text()
@@ -367,15 +369,12 @@ def test_daemon_reconnects_at_once_after_the_imap_link_is_reset_during_idle(
     write_config(office, imap_port=wired.imap.port, smtp_port=wired.smtp.port,
                  timeout=TIMEOUT, mode="dry-run")
     now = datetime.now(office.config().tz)
-    state = wired.state_dir / "state.json"
-
-    def case_known(number: str) -> bool:
-        return state.exists() and number in state.read_text()
 
     with daemon(office.config_path, office.home / "daemon.log") as process:
         office.dovecot.deliver_lmtp(office.firm.address,
                                     bcc_invoice(office, client, "F-2026-0201", now))
-        wait_until(lambda: case_known("F-2026-0201"), 20, "the first invoice seen")
+        wait_until(lambda: case_known(wired.state_dir, "F-2026-0201"), 20,
+                   "the first invoice seen")
         wait_until(lambda: wired.imap.open_connections == 1, 5, "one link, idling")
         time.sleep(0.5)
         connections = wired.imap.connections
@@ -389,7 +388,8 @@ def test_daemon_reconnects_at_once_after_the_imap_link_is_reset_during_idle(
             cpu = cpu_seconds(process.pid) - cpu_before
         office.dovecot.deliver_lmtp(office.firm.address,
                                     bcc_invoice(office, client, "F-2026-0202", now))
-        wait_until(lambda: case_known("F-2026-0202"), 10, "mail seen after the reset")
+        wait_until(lambda: case_known(wired.state_dir, "F-2026-0202"), 10,
+                   "mail seen after the reset")
         assert process.poll() is None
     assert cpu < 2.0, f"{cpu:.1f} s of CPU while reconnecting"
 
@@ -575,20 +575,24 @@ def test_disk_full_error_names_the_state_not_the_imap_server(
 def test_disk_full_in_process_leaves_the_old_state_whole(
     chased: Wired, client: MailUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where no tmpfs can be mounted: the write of the temp file fails with ENOSPC."""
-    state = chased.state_dir / "state.json"
-    before = state.read_bytes()
+    """Where no tmpfs can be mounted: every write of the state fails with ENOSPC."""
+    files = [chased.state_dir / "state.json", chased.state_dir / "state.log"]
+    before = [f.read_bytes() if f.exists() else None for f in files]
     send_invoice(chased.office, client, "F-2026-0043")
 
     def no_space(self: AtomicJSONStorage, encoded: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
+    def no_space_in_log(self: StateLog, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
     monkeypatch.setattr(AtomicJSONStorage, "write_bytes", no_space)
+    monkeypatch.setattr(StateLog, "append", no_space_in_log)
     with pytest.raises(OSError):
         chased.office.pass_at(at(COURTESY))
     monkeypatch.undo()
 
-    assert state.read_bytes() == before
+    assert [f.read_bytes() if f.exists() else None for f in files] == before
     assert reminders_to(chased.relay, client.address) == []
     assert not list(chased.state_dir.glob(".state.json.*.tmp"))
 
