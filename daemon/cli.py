@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("paid", "pause", "resume", "stop", "facts", "sent-lrar"):
         verbs.choices[name].add_argument("--now", type=_iso_instant, help=argparse.SUPPRESS)
 
+    p = verb("rebuild", "a new state from the mailbox and the journal, when the state file "
+                        "cannot be read (the old files are moved aside)")
+    p.add_argument("--now", type=_iso_instant, help=argparse.SUPPRESS)
+
     evidence = verbs.add_parser("evidence", help="evidence bundles: export one, verify all",
                                 description="evidence bundles: export one, verify all")
     sub = evidence.add_subparsers(dest="evidence_verb", required=True, metavar="ACTION")
@@ -125,6 +129,7 @@ def _handler(verb: str) -> Handler:
         "facts": commands.owner_command,
         "sent-lrar": commands.owner_command,
         "evidence": commands.evidence,
+        "rebuild": commands.rebuild,
         "demo": commands.demo,
     }
     return table[verb]

@@ -7,7 +7,10 @@ exit status 1; never a traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -15,19 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from relance import app, archive, defaults, logs, service
+from relance import rebuild as rebuilding
+from relance.archive import relance_folder
 from relance.cli import print_json
 from relance.config import Config, ConfigError, find_config, load_config
 from relance.core import commands as owner
 from relance.core import compose
 from relance.core.facts import apply_facts
 from relance.core.letter import record_lrar
+from relance.core.listen import Command, parse_commands
 from relance.core.schedule import plan_next
 from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
-from relance.model import OPEN_STATES, Attachment, Case, Channel, Decision
+from relance.model import OPEN_STATES, Attachment, Case, CaseState, Channel, Decision, Mode
 from relance.store import evidence as evidence_store
 from relance.store.journal import Journal
-from relance.store.state import AlreadyRunning, StateCorrupt, StateStore
+from relance.store.secret import load_or_create_secret
+from relance.store.state import (
+    LOG_FILE,
+    STATE_FILE,
+    AlreadyRunning,
+    Cursor,
+    StateCorrupt,
+    StateStore,
+    fsync_dir,
+)
 
 log = logging.getLogger("relance")
 
@@ -362,6 +377,184 @@ def _owner_change(
         def change(case: Case) -> Case:
             return owner.stop(case, now)
     return change
+
+
+# -- rebuild ---------------------------------------------------------------------------
+def rebuild(args: argparse.Namespace) -> int:
+    """`relance rebuild`: a new state from the mailbox and the journal, for a state file
+    that cannot be read. The old files are moved aside, never deleted."""
+    loaded = _loaded(args)
+    if loaded is None:
+        return 1
+    config, runtime = loaded
+    now = _now(args, config)
+    try:
+        store = StateStore(config.state_dir)
+        with store.lock_daemon():
+            return _rebuild(config, runtime, store, now)
+    except AlreadyRunning as exc:
+        return _fail(f"{exc}; stop the daemon first (e.g. `systemctl stop relance`), then "
+                     "run `relance rebuild` again")
+    except OSError as exc:
+        return _fail(f"state_dir {config.state_dir}: {exc.strerror or exc}")
+
+
+def _rebuild(config: Config, runtime: app.Runtime, store: StateStore, now: datetime) -> int:
+    """Build the new state in a scratch directory beside the old one, and put it in place
+    only once whole: a rebuild that fails half-way (the server went away) leaves the
+    files as they were, never a state without its steps that would send them again."""
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    scratch = config.state_dir / f".rebuild-{stamp}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    journal = Journal(config.state_dir)
+    entries = rebuilding.number_lines(list(journal.entries()), journal.skipped_lines)
+    for line in journal.skipped_lines:
+        print(f"{journal.path}:{line}: not a whole journal entry (torn by a crash?); "
+              "skipped", file=sys.stderr)
+    try:
+        report = _rebuild_in(scratch, config, runtime, entries, now)
+        moved = _install(config.state_dir, scratch, stamp)
+    except IMAP_ERRORS as exc:
+        return _fail(f"imap {config.imap.host}:{config.imap.port}: {type(exc).__name__}: "
+                     f"{exc}; nothing was changed, run `relance rebuild` again")
+    except StateCorrupt as exc:
+        return _fail(f"{exc}; nothing was changed")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    journal.append("state-rebuilt", at=now, cases=report.cases, known=report.known,
+                   steps=report.steps, sends=report.sends, decisions=report.decisions,
+                   news=report.news, not_placed=report.not_placed or None,
+                   problems=len(report.problems) or None,
+                   moved_aside=[str(p) for p in moved] or None)
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(f"state rebuilt in {config.state_dir}")
+    for path in moved:
+        print(f"  moved aside: {path}")
+    print(f"  cases: {report.cases} from the mailbox ({report.known} known to the journal)")
+    print(f"  steps restored: {report.steps} (send records: {report.sends})")
+    print(f"  decisions re-applied: {report.decisions}")
+    print(f"  news the journal did not have yet: {report.news}")
+    if report.not_placed:
+        print(f"  not placed (in the journal, not in the mailbox): "
+              f"{', '.join(report.not_placed)}")
+    print("next: `relance status`, then start the daemon again")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _RebuildReport:
+    cases: int
+    known: int
+    steps: int
+    sends: int
+    decisions: int
+    news: int
+    not_placed: list[str]
+    problems: list[str]
+
+
+def _rebuild_in(
+    scratch: Path, config: Config, runtime: app.Runtime, entries: list[dict[str, Any]],
+    now: datetime,
+) -> _RebuildReport:
+    """Re-read Sent and INBOX from the start into a state in `scratch` (dry-run: nothing
+    is sent, moved or told, and the re-read's own entries go to a scratch journal), then
+    lay the journal over the cases in one transaction."""
+    store = StateStore(scratch)
+    dry = dataclasses.replace(runtime, config=config.model_copy(update={"mode": Mode.DRY_RUN}))
+    daemon = app.Daemon(dry, store, Journal(scratch))
+    daemon.secret = load_or_create_secret(config.state_dir)  # notices the owner answered
+    reread: list[dict[str, Any]] = []
+    daemon.on_event = reread.append
+    with Mailbox(config.imap) as mailbox:
+        sent_folder = daemon._sent_folder = mailbox.sent_folder()
+        # Closed cases were archived with their thread: read those folders too (first,
+        # as Sent is: the invoices before the answers in INBOX).
+        root = relance_folder(mailbox, "Archive")
+        archives = sorted(str(name) for _flags, _delim, name in mailbox.imap.list_folders()
+                          if str(name) == root or str(name).startswith(root))
+        for folder in (sent_folder, *archives, "INBOX"):
+            daemon.sync_folder(mailbox, folder, now, [])
+        # Folder drops are commands the journal holds (owner-VERB via=folder); reading
+        # them again would apply them twice: the cursors start past what is there.
+        drops = [relance_folder(mailbox, name) for name in ("Paid", "Pause", "Stop")]
+        cursors = [Cursor(folder, state.uidvalidity, max(state.uidnext - 1, 0),
+                          state.highestmodseq)
+                   for folder in drops if mailbox.imap.folder_exists(folder)
+                   for state in [mailbox.folder_state(folder)]]
+
+    def apply_command(case: Case, verb: str, line: str, at: datetime) -> Case:
+        if not line:
+            return daemon.apply_command(case, Command(verb=verb, line=verb), at)
+        found, _errors = parse_commands(line)
+        command = next((c for c in found if c.verb == verb), None)
+        if command is None:
+            raise owner.CommandRefused(f'"{line}" no longer reads as a {verb} command')
+        return daemon.apply_command(case, command, at)
+
+    names = {i: step.name for i, step in enumerate(runtime.rules.steps, start=1)}
+    folded = rebuilding.fold_journal(entries, names, str(Journal(config.state_dir).path))
+    news = rebuilding.news_entries(entries, reread)
+    news_folded = rebuilding.fold_journal(news, names, "mailbox")
+    histories = dict(folded.histories)
+    for number, extra in news_folded.histories.items():
+        base = histories.get(number, rebuilding.History(number))
+        histories[number] = dataclasses.replace(base, facts=base.facts + extra.facts)
+    problems = list(folded.problems)
+    steps = decisions = 0
+    with store.reading() as view:
+        seen = view.cases()
+    with store.transaction() as tx:
+        for number, case in seen.items():
+            history = histories.get(number)
+            if history is None:
+                continue  # an invoice the journal never saw: the re-read's case stands
+            reply_until = case.paused_until if (
+                case.state is CaseState.PAUSED and case.reason.startswith("client ")) else None
+            restored = rebuilding.restore_case(case, history, apply_command, reply_until)
+            tx.put_case(restored.case)
+            seen[number] = restored.case
+            steps += restored.steps_restored
+            decisions += restored.decisions_applied
+            problems.extend(restored.problems)
+        records = rebuilding.sends_to_record(seen.values())
+        for record in records:
+            if tx.send(record.message_id) is None:
+                tx.send_intent(record.message_id, record.numbers, record.step_index,
+                               record.label, record.at)
+                tx.send_result(record.message_id, record.status,
+                               "restored by relance rebuild from the journal", at=now)
+        for cursor in cursors:
+            tx.set_cursor(cursor)
+        digest_at = [e["at"] for e in entries
+                     if e.get("event") == "owner-notified" and e.get("kind") == "digest"]
+        if digest_at:
+            tx.set_meta("last_digest_at", digest_at[-1])
+    store.compact()
+    return _RebuildReport(
+        cases=len(seen), known=sum(n in folded.histories for n in seen), steps=steps,
+        sends=len(records), decisions=decisions, news=len(news),
+        not_placed=rebuilding.not_placed(folded.histories, list(seen)), problems=problems)
+
+
+def _install(state_dir: Path, scratch: Path, stamp: str) -> list[Path]:
+    """Move the old `state.json` and `state.log` aside (`*.broken-STAMP`), then the new
+    snapshot in; each a rename in one directory, and the directory synced."""
+    moved = []
+    for name in (STATE_FILE, LOG_FILE):
+        old = state_dir / name
+        if old.exists():
+            target = old.with_name(f"{name}.broken-{stamp}")
+            suffix = 1
+            while target.exists():
+                target = old.with_name(f"{name}.broken-{stamp}-{suffix}")
+                suffix += 1
+            os.replace(old, target)
+            moved.append(target)
+    os.replace(scratch / STATE_FILE, state_dir / STATE_FILE)
+    fsync_dir(state_dir)
+    return moved
 
 
 # -- evidence ---------------------------------------------------------------------------

@@ -71,9 +71,10 @@ class StateCorrupt(Exception):
         self.path = Path(path)
         self.reason = reason
         super().__init__(
-            f"{self.path}: {reason}; relance will not overwrite it. Move the file aside: "
-            f"the state can be rebuilt from the journal ({self.path.parent / 'journal.jsonl'})"
-            " and the mailbox."
+            f"{self.path}: {reason}; relance will not overwrite it. Stop relance and run "
+            f"`relance rebuild`: it rebuilds the state from the journal "
+            f"({self.path.parent / 'journal.jsonl'}) and the mailbox, and moves the damaged "
+            "files aside."
         )
 
 
