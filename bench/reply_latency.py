@@ -13,7 +13,6 @@ Dovecot batches IDLE change notices by about 0.5 s (FIELD_NOTES), part of every 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -40,11 +39,17 @@ MISS_AFTER_S = 30.0
 
 
 def _state_cases(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads(path.read_bytes())
-    except (FileNotFoundError, json.JSONDecodeError):
+    """The cases as the daemon committed them, read through the state's own API (the
+    state may keep recent transactions in a log beside state.json)."""
+    from relance.store.state import StateStore, case_to_doc
+
+    if not path.exists():
         return {}
-    return {doc["number"]: doc for doc in data.get("cases", {}).values()}
+    try:
+        with StateStore(path.parent).reading() as view:
+            return {number: case_to_doc(case) for number, case in view.cases().items()}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def wait_for(predicate: Any, timeout: float, poll: float = 0.002) -> bool:
@@ -108,7 +113,7 @@ def measure(dovecot: Any, replies: int, size: int = 1_000, seed: int = 5) -> dic
                 found = _state_cases(state_file).get(number)
                 return found is not None and found["state"] == "paused"
 
-            if not wait_for(paused, MISS_AFTER_S):
+            if not wait_for(paused, MISS_AFTER_S, poll=0.005):
                 # Not seen by IDLE: it waits for the daemon's next wake (another mail, a
                 # planned step, the 9-minute re-IDLE). Counted at the bound, and listed.
                 missed.append({"case": number, "reply": n,
@@ -138,7 +143,8 @@ def _settle(state_file: Path, quiet: float = 2.0) -> None:
     last = -1
     stable_since = time.monotonic()
     while time.monotonic() - stable_since < quiet:
-        mtime = state_file.stat().st_mtime_ns
+        mtime = max((f.stat().st_mtime_ns for f in state_file.parent.glob("state.*")
+                     if f.suffix != ".lock"), default=0)
         if mtime != last:
             last, stable_since = mtime, time.monotonic()
         time.sleep(0.05)

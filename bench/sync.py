@@ -63,12 +63,12 @@ def raw_header_fetch(host: str, port: int, user: str, password: str) -> dict[str
     return {"messages": fetched, "header_bytes": size}
 
 
-WHAT_IFS = ("none", "keep-selection", "journal-no-fsync")
+WHAT_IFS = ("none", "journal-no-fsync")
 """Changes to relance tried from the bench (monkeypatched in the child, never in the
 product) to measure what a fix would gain before the lead makes it:
 - none: relance as it is, the baseline measured next to the others;
-- keep-selection: `Mailbox.fetch_message` re-SELECTs only when another folder is
-  selected (today it SELECTs before every message, and Dovecot resyncs the folder);
+- (keep-selection, measured here before, is now the product's own behaviour: `Mailbox`
+  SELECTs only when the folder changes, and fetches candidate bodies in batches);
 - journal-no-fsync: the journal's per-entry fsync skipped: the upper bound of writing
   the entries of one transaction with one fsync."""
 
@@ -77,38 +77,8 @@ def apply_what_ifs(names: list[str]) -> None:
     import os
     import types
 
-    import imapclient
-
-    from relance.mailbox import imap as imap_module
     from relance.store import journal as journal_module
 
-    if "keep-selection" in names:
-        select = imapclient.IMAPClient.select_folder
-        close = imapclient.IMAPClient.close_folder
-        unselect = imapclient.IMAPClient.unselect_folder
-
-        def select_folder(self: Any, folder: str, readonly: bool = False) -> Any:
-            self.bench_selected = None
-            result = select(self, folder, readonly)
-            self.bench_selected = folder
-            return result
-
-        def forget(method: Any) -> Any:
-            def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-                self.bench_selected = None
-                return method(self, *args, **kwargs)
-            return wrapper
-
-        def fetch_message(self: Any, folder: str, uid: int) -> bytes | None:
-            if getattr(self.imap, "bench_selected", None) != folder:
-                self.imap.select_folder(folder, readonly=True)
-            data = self.imap.fetch([uid], [b"BODY.PEEK[]"]).get(uid)
-            return data.get(b"BODY[]") if data else None
-
-        imapclient.IMAPClient.select_folder = select_folder  # type: ignore[method-assign]
-        imapclient.IMAPClient.close_folder = forget(close)  # type: ignore[method-assign]
-        imapclient.IMAPClient.unselect_folder = forget(unselect)  # type: ignore[method-assign]
-        imap_module.Mailbox.fetch_message = fetch_message  # type: ignore[method-assign]
     if "journal-no-fsync" in names:
         journal_module.os = types.SimpleNamespace(  # type: ignore[attr-defined]
             **{**vars(os), "fsync": lambda fd: None})

@@ -170,7 +170,7 @@ def _search_thread(mailbox: Mailbox, folder: str, message_ids: Sequence[str]) ->
     matching "<ba@x>".
     """
     imap = mailbox.imap
-    imap.select_folder(folder, readonly=True)
+    mailbox.select(folder, readonly=True, refresh=True)
     keys = [["HEADER", header, mid] for mid in message_ids
             for header in ("Message-ID", "References", "In-Reply-To")]
     uids: set[int] = set()
@@ -194,7 +194,7 @@ def _fetch(mailbox: Mailbox, folder: str, uids: Sequence[int]) -> list[ThreadMes
     out: list[ThreadMessage] = []
     if not uids:
         return out
-    imap.select_folder(folder, readonly=True)
+    mailbox.select(folder, readonly=True)
     normalise = imap.normalise_times
     imap.normalise_times = False  # keep the server's offset: evidence shows real instants
     try:
@@ -261,7 +261,7 @@ def archive_thread(
     method = "none"
     for folder, group in by_folder.items():
         uids = sorted({m.uid for m in group})
-        imap.select_folder(folder, readonly=False)
+        mailbox.select(folder, readonly=False)
         if has_move:
             imap.move(uids, dest)
             moved += len(uids)
@@ -272,9 +272,9 @@ def archive_thread(
         if not has_uidplus or not _all_present(mailbox, dest, ids):
             copied += len(uids)
             method = "copy"
-            imap.select_folder(folder, readonly=True)
+            mailbox.select(folder, readonly=True)
             continue
-        imap.select_folder(folder, readonly=False)
+        mailbox.select(folder, readonly=False)
         imap.add_flags(uids, [b"\\Deleted"], silent=True)
         imap.uid_expunge(uids)
         moved += len(uids)
@@ -287,7 +287,7 @@ def _all_present(mailbox: Mailbox, folder: str, message_ids: Iterable[str]) -> b
     if not ids:
         return False  # nothing to check the copy by: keep the originals
     imap = mailbox.imap
-    imap.select_folder(folder, readonly=True)
+    mailbox.select(folder, readonly=True)
     return all(imap.search(["HEADER", "Message-ID", mid]) for mid in ids)
 
 

@@ -8,7 +8,7 @@ import email
 import email.policy
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from flufl.bounce import all_failures
@@ -285,8 +285,11 @@ class Listening:
             "letter": compose.Rendered("", format_digest(summary, rules.language))}))
 
     def _client_replied(
-        self, tx: Book, case: Case, mail: Mail, now: datetime, notices: list[Notice]
-    ) -> None:
+        self, tx: Book, case: Case, mail: Mail, now: datetime
+    ) -> Case | None:
+        """Record a client's answer on one case; the case when this paused its reminders
+        (the caller tells the owner once per answer, not once per invoice)."""
+        paused = None
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
             intent = reply_intent(mail.text)
             excerpt = " ".join(compose.reply_excerpt(mail.text).split())
@@ -296,19 +299,40 @@ class Listening:
                 day = self.rt.calendar.add((mail.date or now).astimezone(self.config.tz).date(),
                                            pause)
                 until = datetime.combine(day, datetime.min.time(), tzinfo=self.config.tz)
-            case = dataclasses.replace(
+            case = paused = dataclasses.replace(
                 case, state=CaseState.PAUSED, paused_until=until,
                 reason=f"client {_INTENT_WORDS[intent]} {(mail.date or now):%Y-%m-%d}: "
                        f"{excerpt[:90]}",
             )
-            notices.append(Notice("reply", "notice-reply", case, {
-                "mail": mail, "paused_until": until,
-                "detail": "" if intent == "reply" else intent}))
         tx.put_case(case)
         self.event(now, "client-replied", case.number, sender=mail.from_addr,
                    subject=mail.subject, state=case.state.value,
                    intent=reply_intent(mail.text), message_id=mail.message_id,
                    dkim=self._dkim_on_arrival(mail, now))
+        return paused
+
+    def _reply_notice(self, paused: list[Case], mail: Mail) -> Notice:
+        """One notice for one answer: about the first invoice it paused (the thread's),
+        the others named in `detail`."""
+        case = paused[0]
+        return Notice("reply", "notice-reply", case, {
+            "mail": mail, "paused_until": case.paused_until,
+            "detail": reply_detail(reply_intent(mail.text), [c.number for c in paused[1:]],
+                                   case.language)})
+
+    def _history_summary(self, folder: str, held: list[Notice], now: datetime) -> Notice:
+        """The first read of a folder found old answers: the cases and the journal have
+        them; the owner gets them in one notice instead of one per answer."""
+        numbers = list(dict.fromkeys(
+            n.case.number for n in held if n.case is not None))
+        replies = sum(n.kind == "reply" for n in held)
+        bounces = sum(n.kind == "bounce" for n in held)
+        since = (now - HISTORY_AGE).astimezone(self.config.tz).date()
+        self.event(now, "history-summarised", folder=folder, replies=replies,
+                   bounces=bounces, invoices=len(numbers))
+        return Notice("history", "notice-confirm", None, {
+            "detail": history_detail(folder, replies, bounces, numbers, since,
+                                     self.rt.rules.language)})
 
     def _dkim_on_arrival(self, mail: Mail, now: datetime) -> dict[str, Any] | None:
         """DKIM of a client's message checked when it arrives (dkimpy), for the evidence
@@ -335,7 +359,9 @@ class Listening:
         self, tx: Book, mail: Mail, mailbox: Mailbox, now: datetime,
         notices: list[Notice],
     ) -> None:
-        raw = mailbox.fetch_message(mail.folder, mail.uid) or b""
+        # `_full` just read this message: its raw bytes are at hand, no second FETCH.
+        raw = self._last_raw if mail.message_id.encode() in self._last_raw[:MAX_HEADER_SCAN] \
+            else mailbox.fetch_message(mail.folder, mail.uid) or b""
         failed = {a.decode(errors="replace").lower()
                   for a in _bounce_addresses(raw)}
         for case in tx.cases().values():
@@ -348,13 +374,57 @@ class Listening:
                     updated, state=CaseState.BAD_ADDRESS,
                     reason="bounced: " + ", ".join(sorted(failed & set(case.client_addrs))),
                 )
-                notices.append(Notice("bounce", "notice-bounce", updated, {
+                self._tell(notices, mail, Notice("bounce", "notice-bounce", updated, {
                     "mail": mail, "failed_addresses": sorted(failed & set(case.client_addrs)),
                 }))
             tx.put_case(updated)
             self.event(now, "bounce", case.number, failed=sorted(failed),
                        state=updated.state.value)
 
+
+
+# On a folder's first read (years of history adopted at once), answers older than this
+# update their cases and the journal, and reach the owner in one summary.
+HISTORY_AGE = timedelta(days=14)
+SUMMARY_NAMES = 50  # invoices named in a history summary; the rest are counted
+
+_INTENT_SENTENCES = {
+    "fr": {"promise": "Le client annonce un paiement.", "dispute": "Le client conteste."},
+    "en": {"promise": "The client says they will pay.", "dispute": "The client disputes."},
+}
+
+
+def reply_detail(intent: str, others: list[str], language: str) -> str:
+    """The line a reply notice adds: what the client means, and the other invoices of
+    theirs the same answer paused."""
+    lang = "en" if language.lower().startswith("en") else "fr"
+    parts = [_INTENT_SENTENCES[lang][intent]] if intent in _INTENT_SENTENCES[lang] else []
+    if others:
+        listed_numbers = ", ".join(others)
+        parts.append(f"Cette réponse met aussi en pause les relances des factures n° "
+                     f"{listed_numbers}." if lang == "fr" else
+                     f"This answer also pauses the reminders of invoices {listed_numbers}.")
+    return " ".join(parts)
+
+
+def history_detail(folder: str, replies: int, bounces: int, numbers: list[str],
+                   since: date, language: str) -> str:
+    """The summary of a first read: how many old answers, which invoices they touched."""
+    shown = ", ".join(numbers[:SUMMARY_NAMES])
+    more = len(numbers) - SUMMARY_NAMES
+    if language.lower().startswith("en"):
+        text = (f"First read of {folder}: {replies} client answer(s) and {bounces} "
+                f"bounce(s) from before {since:%Y-%m-%d} were recorded without a notice "
+                f"each. Invoices concerned ({len(numbers)}): {shown}")
+        if more > 0:
+            text += f" and {more} more"
+        return text + ". `relance status` shows where each one stands."
+    text = (f"Première lecture de {folder} : {replies} réponse(s) de clients et {bounces} "
+            f"retour(s) en erreur antérieurs au {since:%d/%m/%Y} ont été pris en compte "
+            f"sans notification une à une. Factures concernées ({len(numbers)}) : {shown}")
+    if more > 0:
+        text += f" et {more} autres"
+    return text + ". `relance status` montre où en est chacune."
 
 
 def listed(address: str, senders: Iterable[str]) -> bool:

@@ -181,10 +181,20 @@ class Service:
                 break
             seconds = min((wake - now).total_seconds(), REIDLE_SECONDS)
             outcome = mailbox.idle_until(time.monotonic() + max(seconds, 1.0),
-                                         stop=self.interrupted, tick=self.watchdog.tick)
+                                         stop=self.interrupted, tick=self.watchdog.tick,
+                                         seen=self.inbox_seen())
             if outcome == "dead":
                 log.warning("event=imap-silent action=reconnect")
                 return
+
+    def inbox_seen(self) -> tuple[int, int] | None:
+        """(UIDVALIDITY, next UID) of INBOX as the pass left it: IDLE compares it with
+        its own SELECT, so a mail landing between the pass and IDLE is not missed."""
+        with self.daemon.store.reading() as view:
+            cursor = view.cursor("INBOX")
+        if cursor is None:
+            return None
+        return cursor.uidvalidity, cursor.last_uid + 1
 
     def wait(self, seconds: float) -> None:
         """Sleep before a reconnection, awake to signals and the watchdog."""

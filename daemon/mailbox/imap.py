@@ -3,6 +3,10 @@
 Sync is incremental: per folder, the daemon remembers UIDVALIDITY and the last UID it
 has seen, so a restart asks only for what is new. Fetches name explicit UIDs in batches
 (imapclient 4 refuses `1:*`, Dovecot refuses very long UID lists).
+
+The connection remembers which folder is selected (and whether read-only): a SELECT is
+sent only when it changes. After a body FETCH, a new SELECT of the same folder makes
+Dovecot rescan the whole maildir (9 ms per message at 10k messages, 60 ms at 100k).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import imapclient
 from imapclient.exceptions import IMAPClientError
@@ -24,6 +29,7 @@ from relance.config import ServerConfig
 from relance.mailbox.parse import HEADER_FIELDS
 
 FETCH_BATCH = 1000  # UIDs per FETCH: well under Dovecot's command length limit
+BODY_BATCH = 200  # whole messages per FETCH: keeps one response bounded
 HEADER_ITEM = b"BODY.PEEK[HEADER.FIELDS (" + " ".join(HEADER_FIELDS).encode() + b")]"
 SPECIAL_USES = (b"\\Sent", b"\\Drafts", b"\\Archive", b"\\Trash", b"\\Junk")
 _APPENDUID = re.compile(rb"APPENDUID\s+(\d+)\s+(\d+)", re.IGNORECASE)
@@ -58,6 +64,28 @@ class FetchedHeaders:
     size: int
 
 
+class TrackingClient(imapclient.IMAPClient):
+    """An IMAPClient that knows which folder it has selected, whoever selected it (the
+    adapter, the archive, a test reaching for `mailbox.imap`), so the record stays true."""
+
+    selected: tuple[str, bool] | None = None  # (folder, read-only)
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
+        # A failed SELECT leaves no folder selected (RFC 3501 6.3.1): forget first.
+        self.selected = None
+        info = super().select_folder(folder, readonly=readonly)
+        self.selected = (folder, readonly)
+        return info
+
+    def unselect_folder(self) -> Any:
+        self.selected = None
+        return super().unselect_folder()
+
+    def close_folder(self) -> Any:
+        self.selected = None
+        return super().close_folder()
+
+
 class Mailbox:
     """One logged-in IMAP connection to the firm's mailbox."""
 
@@ -70,7 +98,7 @@ class Mailbox:
     def connect(self) -> Mailbox:
         # Loading the CA store costs ~20 ms: only when the link is encrypted.
         context = ssl.create_default_context() if self.server.security != "none" else None
-        client = imapclient.IMAPClient(
+        client = TrackingClient(
             self.server.host,
             port=self.server.port,
             ssl=self.server.security == "tls",
@@ -140,7 +168,24 @@ class Mailbox:
             self.imap.create_folder(name)
             self.imap.subscribe_folder(name)
 
+    def select(self, folder: str, readonly: bool = True, refresh: bool = False) -> None:
+        """Make `folder` the selected one, sending SELECT (or EXAMINE) only when another
+        folder, or the other mode, is selected. Every selection goes through here or
+        through `folder_state`. `refresh` sends a NOOP when no SELECT was needed, so a
+        SEARCH that follows also sees mail delivered since the last command."""
+        imap = self.imap
+        if getattr(imap, "selected", None) != (folder, readonly):
+            imap.select_folder(folder, readonly=readonly)
+        elif refresh:
+            imap.noop()
+
+    def selected(self) -> tuple[str, bool] | None:
+        """(folder, read-only) of the current selection, None when nothing is."""
+        return getattr(self.imap, "selected", None)
+
     def folder_state(self, folder: str) -> FolderState:
+        """A fresh SELECT (read-only) of `folder`, always sent: its UIDNEXT is what tells
+        whether anything is new."""
         info = self.imap.select_folder(folder, readonly=True)
         modseq = info.get(b"HIGHESTMODSEQ")
         return FolderState(
@@ -174,16 +219,27 @@ class Mailbox:
 
     def fetch_message(self, folder: str, uid: int) -> bytes | None:
         """The whole raw message, byte for byte as the server holds it."""
-        self.imap.select_folder(folder, readonly=True)
-        response = self.imap.fetch([uid], [b"BODY.PEEK[]"])
-        data = response.get(uid)
-        if not data:
-            return None
-        return data.get(b"BODY[]")
+        return self.fetch_messages(folder, [uid]).get(uid)
+
+    def fetch_messages(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """Whole raw messages by UID, `BODY_BATCH` per FETCH; a UID expunged meanwhile is
+        missing from the answer. The caller bounds the bytes (by RFC822.SIZE)."""
+        found: dict[int, bytes] = {}
+        if not uids:
+            return found
+        self.select(folder, readonly=True)
+        for start in range(0, len(uids), BODY_BATCH):
+            batch = list(uids[start : start + BODY_BATCH])
+            response = self.imap.fetch(batch, [b"BODY.PEEK[]"])
+            for uid in batch:
+                body = (response.get(uid) or {}).get(b"BODY[]")
+                if body is not None:
+                    found[uid] = bytes(body)
+        return found
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs of messages in `folder` whose Message-ID header is `message_id`."""
-        self.imap.select_folder(folder, readonly=True)
+        self.select(folder, readonly=True, refresh=True)
         return list(self.imap.search(["HEADER", "Message-ID", message_id]))
 
     # -- writing ----------------------------------------------------------------------
@@ -200,16 +256,27 @@ class Mailbox:
         return int(m[2]) if m else None
 
     # -- waiting ----------------------------------------------------------------------
-    def idle_until(self, deadline: float, stop: object | None = None, tick: float = 1.0) -> str:
+    def idle_until(
+        self, deadline: float, stop: object | None = None, tick: float = 1.0,
+        seen: tuple[int, int] | None = None,
+    ) -> str:
         """IDLE on INBOX until something changes, `deadline` (monotonic) passes, or
         `stop()` turns true. Returns "change", "deadline", "stop" or "dead".
+
+        `seen` is (UIDVALIDITY, UIDNEXT) as the last pass read INBOX (its cursor's
+        `last_uid + 1`): mail that landed after that read and before IDLE began raises no
+        EXISTS during IDLE, so a larger UIDNEXT (or another UIDVALIDITY) at the SELECT is
+        a change at once.
 
         A link that gives no sign of life (Dovecot's `* OK Still here` heartbeat or any
         untagged response) for `dead_after` seconds is reported "dead" so the caller
         reconnects instead of waiting forever.
         """
         dead_after = max(self.server.timeout * 4, 300.0)
-        self.imap.select_folder("INBOX", readonly=True)
+        # Always a fresh SELECT: its UIDNEXT is what closes the gap before IDLE.
+        info = self.imap.select_folder("INBOX", readonly=True)
+        if seen is not None and _grew(info, *seen):
+            return "change"
         self.imap.idle()
         last_sign = time.monotonic()
         quick_empty = 0
@@ -242,6 +309,13 @@ class Mailbox:
         finally:
             self.imap.idle_done()
         return outcome
+
+
+def _grew(info: dict[bytes, Any], uidvalidity: int, uidnext: int) -> bool:
+    """The SELECT answer shows mail the last read did not see."""
+    if int(info.get(b"UIDVALIDITY", uidvalidity) or 0) != uidvalidity:
+        return True
+    return int(info.get(b"UIDNEXT", 0) or 0) > uidnext
 
 
 def _is_change(response: object) -> bool:
