@@ -400,7 +400,8 @@ SEAL_STATES = frozenset(
 )
 # Journal events that are not news about a case: they never call for a new seal.
 _NOT_NEWS = frozenset({"evidence-written", "thread-archived", "owner-notified",
-                       "would-notify", "notice-failed", "evidence-failed"})
+                       "would-notify", "notice-failed", "evidence-failed", "notice-deferred",
+                       "notice-unknown", "notice-refused", "outbox-damaged", "copy-refused"})
 
 
 def cases_to_seal(

@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from flufl.bounce import all_failures
-
 from relance.book import Book, Notice, describe_case, with_thread_id
 from relance.core import commands as owner_commands
 from relance.core import compose
@@ -33,7 +31,7 @@ from relance.core.listen import (
     reply_intent,
     trust_of,
 )
-from relance.core.thread import cases_for, thread_index
+from relance.core.thread import cases_for
 from relance.mailbox.imap import Mailbox
 from relance.mailbox.parse import parse_headers
 from relance.model import (
@@ -172,7 +170,7 @@ class Listening:
             uids = mailbox.uids_after(last)
             heads = list(mailbox.fetch_headers(uids))
             with self.store.transaction() as tx:
-                index = thread_index(tx.cases().values())
+                index = tx.thread_index()
                 for fetched in heads:
                     head = parse_headers(fetched.header_bytes, folder, fetched.uid)
                     # The message itself may be of the thread (the invoice, a reminder),
@@ -442,6 +440,8 @@ def _bounce_addresses(raw: bytes) -> frozenset[bytes]:
     """Permanently failed recipients of a DSN, by Mailman's detectors (flufl.bounce)."""
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        from flufl.bounce import all_failures  # only bounces need it (2.4 MB)
+
         _temporary, permanent = all_failures(message)
         return frozenset(permanent)  # a delay warning flags nothing
     except Exception:  # the detectors raise on some broken DSNs; a bounce is still a bounce

@@ -190,7 +190,9 @@ class Sync:
     ) -> None:
         """Decide one chunk of messages in one state transaction, bodies prefetched."""
         heads = list(mailbox.fetch_headers(chunk))
-        with self.store.transaction() as raw_tx:
+        # The journal's lines are fsynced once, when the batch ends: before the state
+        # commits (the `with` exits inner first), so no committed change lacks its line.
+        with self.store.transaction() as raw_tx, self.journal.batch():
             tx = Book(raw_tx)
             parsed: list[tuple[FetchedHeaders, Mail | Exception]] = []
             for fetched in heads:
@@ -368,7 +370,8 @@ class Sync:
                             else s for s in updated.steps),
                 last_contact_at=max(at, updated.last_contact_at or at),
             )
-            self.event(now, "draft-sent-by-owner", number, message_id=head.message_id, at=at)
+            self.event(now, "draft-sent-by-owner", number, message_id=head.message_id,
+                       written_at=at)
         if updated is not case:
             tx.put_case(updated)
 
