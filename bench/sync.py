@@ -63,6 +63,28 @@ def raw_header_fetch(host: str, port: int, user: str, password: str) -> dict[str
     return {"messages": fetched, "header_bytes": size}
 
 
+def imapclient_header_fetch(host: str, port: int, user: str, password: str) -> int:
+    """The library's floor: the same header fields through imapclient, as relance's
+    adapter asks for them (SEARCH, then UID FETCH in batches of 1,000), no parsing."""
+    import imapclient
+
+    from relance.mailbox.imap import FETCH_BATCH, HEADER_ITEM
+
+    client = imapclient.IMAPClient(host, port=port, ssl=False, timeout=60)
+    client.login(user, password)
+    fetched = 0
+    try:
+        for folder in FOLDERS:
+            client.select_folder(folder, readonly=True)
+            uids = sorted(client.search(["ALL"]))
+            for start in range(0, len(uids), FETCH_BATCH):
+                batch = uids[start:start + FETCH_BATCH]
+                fetched += len(client.fetch(batch, [HEADER_ITEM, b"RFC822.SIZE"]))
+    finally:
+        client.logout()
+    return fetched
+
+
 WHAT_IFS = ("none", "journal-no-fsync")
 """Changes to relance tried from the bench (monkeypatched in the child, never in the
 product) to measure what a fix would gain before the lead makes it:
@@ -196,6 +218,7 @@ def measure(dovecot: Any, size: int, runs: int, *, profile: bool = False,
     homes = WORK_DIR / "homes"
     homes.mkdir(parents=True, exist_ok=True)
     raw_times: list[float] = []
+    library_times: list[float] = []
     relance_runs: list[dict[str, Any]] = []
     raw_info: dict[str, int] = {}
     index_times: list[float] = []
@@ -204,6 +227,9 @@ def measure(dovecot: Any, size: int, runs: int, *, profile: bool = False,
         index_times.append(warm(dovecot, user))
         seconds, raw_info = _timed_raw(dovecot, user)
         raw_times.append(seconds)
+        started = time.perf_counter()
+        imapclient_header_fetch(dovecot.host, dovecot.imap_port, user.address, user.password)
+        library_times.append(time.perf_counter() - started)
         config = fresh_office(dovecot, user, homes, f"sync-{size_label(size)}")
         suffix = "".join(f"-{w}" for w in what_ifs or [])
         prof = (WORK_DIR / "profiles" / f"sync-{size_label(size)}{suffix}.html"
@@ -228,6 +254,8 @@ def measure(dovecot: Any, size: int, runs: int, *, profile: bool = False,
         "raw_seconds": raw_times,
         "raw_median_s": raw_s,
         "raw_fetched": raw_info,
+        "imapclient_seconds": library_times,
+        "imapclient_median_s": median(library_times),
         "relance_seconds": [r["seconds"] for r in relance_runs],
         "relance_median_s": relance_s,
         "ratio": relance_s / raw_s,
