@@ -334,7 +334,10 @@ class Acting:
             cases = view.cases()
         if not any(c.state in SEAL_STATES for c in cases.values()):
             return
-        for number in cases_to_seal(cases, self.journal.entries()):
+        events = ({"case": number, "event": event}
+                  for number, names in self.journal.events_by_case().items()
+                  for event in names)
+        for number in cases_to_seal(cases, events):
             try:
                 # Dry-run never changes the mailbox: the bundle is written, nothing moved.
                 close_case(mailbox, cases[number], self.journal, self.config.evidence_dir, now,

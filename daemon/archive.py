@@ -421,7 +421,16 @@ def cases_to_seal(
             pending.setdefault(number, False)
         elif event not in _NOT_NEWS:
             pending[number] = True
-    return [n for n, news in pending.items() if news and cases[n].state in SEAL_STATES]
+    return [n for n, news in pending.items() if news and _sealable(cases[n])]
+
+
+def _sealable(case: Case) -> bool:
+    """A closed case relance chased. An invoice adopted as history (too old when first
+    seen, never chased) is not relance's to archive or seal, even when its client writes
+    in its thread: moving such a thread out of the inbox would surprise the firm."""
+    if case.state is CaseState.DONE and not case.steps:
+        return False
+    return case.state in SEAL_STATES
 
 
 def _text(value: object) -> str:

@@ -60,6 +60,9 @@ _PAYABLE = frozenset({CaseState.CHASING, CaseState.PAUSED, CaseState.BAD_ADDRESS
 class Listening:
     """The listening side of `Daemon`."""
 
+    # The last answer read (its Message-ID, then intent, excerpt and DKIM result).
+    _last_reading: tuple[str, tuple[str, str, dict[str, Any] | None]] | None = None
+
     # -- the owner's mail: commands, by email or by folder -----------------------------
     def _owner_mail(
         self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
@@ -288,9 +291,8 @@ class Listening:
         """Record a client's answer on one case; the case when this paused its reminders
         (the caller tells the owner once per answer, not once per invoice)."""
         paused = None
+        intent, excerpt, dkim = self._reading_of(mail, now)
         if case.state in (CaseState.CHASING, CaseState.PAUSED):
-            intent = reply_intent(mail.text)
-            excerpt = " ".join(compose.reply_excerpt(mail.text).split())
             pause = self.rt.rules.reply_pause
             until = None
             if pause is not None:
@@ -305,26 +307,40 @@ class Listening:
         tx.put_case(case)
         self.event(now, "client-replied", case.number, sender=mail.from_addr,
                    subject=mail.subject, state=case.state.value,
-                   intent=reply_intent(mail.text), message_id=mail.message_id,
-                   dkim=self._dkim_on_arrival(mail, now))
+                   intent=intent, message_id=mail.message_id, dkim=dkim)
         return paused
 
-    def _reply_notice(self, paused: list[Case], mail: Mail) -> Notice:
+    def _reading_of(
+        self, mail: Mail, now: datetime
+    ) -> tuple[str, str, dict[str, Any] | None]:
+        """What an answer says (intent, excerpt) and its DKIM result, worked out once per
+        answer: one answer may pause every open invoice of its client."""
+        memo = self._last_reading
+        if memo is None or memo[0] != mail.message_id or not mail.message_id:
+            reading = (reply_intent(mail.text),
+                       " ".join(compose.reply_excerpt(mail.text).split()),
+                       self._dkim_on_arrival(mail, now))
+            memo = self._last_reading = (mail.message_id, reading)
+        return memo[1]
+
+    def _reply_notice(self, paused: list[Case], mail: Mail, now: datetime) -> Notice:
         """One notice for one answer: about the first invoice it paused (the thread's),
         the others named in `detail`."""
         case = paused[0]
         return Notice("reply", "notice-reply", case, {
             "mail": mail, "paused_until": case.paused_until,
-            "detail": reply_detail(reply_intent(mail.text), [c.number for c in paused[1:]],
-                                   case.language)})
+            "detail": reply_detail(self._reading_of(mail, now)[0],
+                                   [c.number for c in paused[1:]], case.language)})
 
-    def _history_summary(self, folder: str, held: list[Notice], now: datetime) -> Notice:
-        """The first read of a folder found old answers: the cases and the journal have
-        them; the owner gets them in one notice instead of one per answer."""
-        numbers = list(dict.fromkeys(
-            n.case.number for n in held if n.case is not None))
-        replies = sum(n.kind == "reply" for n in held)
-        bounces = sum(n.kind == "bounce" for n in held)
+    def _history_summary(
+        self, folder: str, held: list[tuple[str, str | None]], now: datetime
+    ) -> Notice:
+        """The first read of a folder found old answers (their notice kind and invoice
+        number): the cases and the journal have them; the owner gets them in one notice
+        instead of one per answer."""
+        numbers = list(dict.fromkeys(number for _kind, number in held if number))
+        replies = sum(kind == "reply" for kind, _number in held)
+        bounces = sum(kind == "bounce" for kind, _number in held)
         since = (now - HISTORY_AGE).astimezone(self.config.tz).date()
         self.event(now, "history-summarised", folder=folder, replies=replies,
                    bounces=bounces, invoices=len(numbers))

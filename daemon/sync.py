@@ -143,7 +143,8 @@ class Sync:
     _prefetched: Prefetched | None = None
     # On a first read: answers dated before this are summarised, not told one by one.
     _quiet_before: datetime | None = None
-    _held: list[Notice] | None = None
+    # Their (kind, invoice number): only what the summary needs, not the mails themselves.
+    _held: list[tuple[str, str | None]] | None = None
 
     # -- sync -------------------------------------------------------------------------
     def sync_folder(
@@ -178,6 +179,9 @@ class Sync:
                 up_to = max(chunk[-1], seen_up_to) if last else chunk[-1]
                 self._sync_chunk(mailbox, folder, chunk, Cursor(
                     folder, state.uidvalidity, up_to, state.highestmodseq), now, notices)
+                # Committed: spool this chunk's notices now, so a crash later in a long
+                # first read loses none, and the mails they carry are not held in memory.
+                self.spool_notices(notices, now)
             if self._held:
                 notices.append(self._history_summary(folder, self._held, now))
         finally:
@@ -316,7 +320,7 @@ class Sync:
                 paused.append(replied)
         if paused:
             # One reply, one notice, however many invoices it paused.
-            self._tell(notices, full, self._reply_notice(paused, full))
+            self._tell(notices, full, self._reply_notice(paused, full, now))
 
     def _to_clients(self, mail: Mail) -> bool:
         inside = set(self.rt.firm.addresses) | set(self.rt.firm.owners)
@@ -328,7 +332,7 @@ class Sync:
         quiet_before, held = self._quiet_before, self._held
         if (quiet_before is not None and held is not None and mail.date is not None
                 and mail.date < quiet_before):
-            held.append(notice)
+            held.append((notice.kind, notice.case.number if notice.case else None))
         else:
             notices.append(notice)
 

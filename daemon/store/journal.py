@@ -59,6 +59,11 @@ class Journal:
         self.path = self.state_dir / JOURNAL_FILE
         self.skipped_lines: list[int] = []
         """Line numbers the last full read of `entries` could not parse (torn by a crash)."""
+        # Where each case's entries are (offset, length, event), read once and extended
+        # with what was appended since: a pass asks for one case's entries many times
+        # (each evidence bundle), and reading the whole journal each time grew with it.
+        self._index: dict[str, list[tuple[int, int, str]]] = {}
+        self._indexed: tuple[int, int] = (0, 0)  # (inode, bytes read)
         self._batch = threading.local()  # depth, and whether an fsync is owed at its end
 
     @contextlib.contextmanager
@@ -146,8 +151,11 @@ class Journal:
         """Every entry in order (only those of `case` if given).
 
         A line that does not parse, normally the last one torn by a kill mid-write, is
-        skipped and its number kept in `skipped_lines` once the read finishes.
+        skipped; a full read keeps their numbers in `skipped_lines` once it finishes.
         """
+        if case is not None:
+            yield from self._entries_of(case)
+            return
         skipped: list[int] = []
         try:
             with self.path.open("rb") as journal:
@@ -162,11 +170,63 @@ class Journal:
                     if not isinstance(entry, dict) or "event" not in entry:
                         skipped.append(lineno)
                         continue
-                    if case is None or entry.get("case") == case:
-                        yield entry
+                    yield entry
         except FileNotFoundError:
             pass
         self.skipped_lines = skipped
+
+
+    def events_by_case(self) -> dict[str, list[str]]:
+        """Each case's event names, in order: what deciding which cases to seal needs,
+        without reading every entry again."""
+        self._refresh_index()
+        return {case: [event for _o, _l, event in found] for case, found in self._index.items()}
+
+    def _entries_of(self, case: str) -> Iterator[dict[str, Any]]:
+        self._refresh_index()
+        places = list(self._index.get(case, ()))
+        if not places:
+            return
+        with self.path.open("rb") as journal:
+            for offset, length, _event in places:
+                journal.seek(offset)
+                yield json.loads(journal.read(length))
+
+    def _refresh_index(self) -> None:
+        """Extend the per-case index with the lines appended since the last look (whole
+        lines only: a line being written is read next time)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            self._index, self._indexed = {}, (0, 0)
+            return
+        inode, done = self._indexed
+        if stat.st_ino != inode or stat.st_size < done:
+            self._index, done = {}, 0  # replaced or cut: read it again
+        if stat.st_size > done:
+            with self.path.open("rb") as journal:
+                journal.seek(done)
+                data = journal.read(stat.st_size - done)
+            whole = data[: data.rfind(b"\n") + 1]
+            offset = done
+            for raw in whole.splitlines(keepends=True):
+                _index_line(self._index, raw, offset)
+                offset += len(raw)
+            done = offset
+        self._indexed = (stat.st_ino, done)
+
+
+def _index_line(index: dict[str, list[tuple[int, int, str]]], raw: bytes, offset: int) -> None:
+    """Add one journal line to the per-case index; a torn or foreign line is passed over,
+    as a full read passes over it."""
+    if not raw.strip():
+        return
+    try:
+        entry = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    if isinstance(entry, dict) and isinstance(entry.get("case"), str) and "event" in entry:
+        index.setdefault(entry["case"], []).append((offset, len(raw), str(entry["event"])))
 
 
 def _ends_torn(fd: int) -> bool:

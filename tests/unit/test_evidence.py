@@ -572,7 +572,8 @@ def test_cases_to_seal_are_closed_cases_with_news_since_their_last_seal() -> Non
         "paid-sealed": dataclasses.replace(make_case("paid-sealed"), state=CaseState.PAID),
         "lrar-after-seal": dataclasses.replace(make_case("lrar-after-seal"),
                                                state=CaseState.FORMAL_NOTICE),
-        "adopted-done": dataclasses.replace(make_case("adopted-done"), state=CaseState.DONE),
+        "adopted-done": dataclasses.replace(make_case("adopted-done"), state=CaseState.DONE,
+                                            steps=()),
         "still-chasing": dataclasses.replace(make_case("still-chasing"),
                                              state=CaseState.CHASING),
     }
@@ -589,5 +590,7 @@ def test_cases_to_seal_are_closed_cases_with_news_since_their_last_seal() -> Non
         {"at": at(5), "case": "lrar-after-seal", "event": "owner-sent-lrar"},
         {"at": at(2), "case": "still-chasing", "event": "reminder-sent"},
         {"at": at(2), "case": "unknown-case", "event": "owner-paid"},
+        # A client writes in the thread of an invoice adopted as history: not sealed.
+        {"at": at(6), "case": "adopted-done", "event": "client-replied"},
     ]
     assert archive.cases_to_seal(cases, entries) == ["paid-unsealed", "lrar-after-seal"]

@@ -197,3 +197,28 @@ def test_an_empty_batch_fsyncs_nothing(tmp_path: Path, monkeypatch) -> None:
     with journal.batch():
         pass
     assert fsyncs == []
+
+
+def test_one_case_read_again_sees_what_others_appended_since(tmp_path: Path) -> None:
+    """The per-case index is extended, not trusted blindly: another process's appends,
+    a torn line in between, and a journal replaced by a new file are all seen."""
+    mine, theirs = Journal(tmp_path), Journal(tmp_path)
+    mine.append("invoice-found", at=AT, case="F-1")
+    mine.append("invoice-found", at=AT, case="F-2")
+    assert [e["event"] for e in mine.entries("F-1")] == ["invoice-found"]
+
+    theirs.append("owner-paid", at=AT, case="F-1")
+    with (tmp_path / "journal.jsonl").open("ab") as raw:
+        raw.write(b'{"at": "2026-05-01T09:00:00+02:00", "case": "F-1", "ev')  # a torn line
+    assert [e["event"] for e in mine.entries("F-1")] == ["invoice-found", "owner-paid"]
+    theirs.append("evidence-written", at=AT, case="F-1")
+    assert [e["event"] for e in mine.entries("F-1")] == [
+        "invoice-found", "owner-paid", "evidence-written"]
+    assert mine.events_by_case() == {
+        "F-1": ["invoice-found", "owner-paid", "evidence-written"], "F-2": ["invoice-found"]}
+
+    replaced = tmp_path / "journal.jsonl.new"
+    replaced.write_bytes(b'{"at": "2026-05-01T09:00:00+02:00", "case": "F-3", "event": "x"}\n')
+    os.replace(replaced, tmp_path / "journal.jsonl")
+    assert list(mine.entries("F-1")) == []
+    assert [e["event"] for e in mine.entries("F-3")] == ["x"]
