@@ -211,18 +211,21 @@ class Acting:
                            if len(items) > 1 else None, balance=item_case.balance,
                            days_late=(now.date() - item_case.due_date).days
                            if item_case.due_date else None)
+            if outcome.status == "unknown":
+                notices.append(Notice("send-unknown", "notice-send-unknown", case, {
+                    "message_id": message_id, "step_name": decision.step_name,
+                    "step_index": decision.step_index, "attempted_at": now,
+                    "detail": outcome.reply,
+                }))
+            # Spooled before the commit too: a kill between the two then tells the owner
+            # twice (the restart resolves the intent and tells again), never not at all.
+            self.spool_notices(notices, now)
         if copy_to_sent:
             if outcome.status == "sent":
                 mailbox.append(sent_folder, message.as_bytes(), (b"\\Seen",), now)
             # Filed, or never to be filed: a copy of an "unknown" send in Sent would make
             # a later lookup say "sent"; a failed one is spooled again by its retry.
             self.to_sent.remove(message_id)
-        if outcome.status == "unknown":
-            notices.append(Notice("send-unknown", "notice-send-unknown", case, {
-                "message_id": message_id, "step_name": decision.step_name,
-                "step_index": decision.step_index, "attempted_at": now,
-                "detail": outcome.reply,
-            }))
 
     def file_pending_copies(self, mailbox: Mailbox, sent_folder: str, now: datetime) -> None:
         """File the copies of reminders the server took but Sent does not show (a crash

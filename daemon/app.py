@@ -206,12 +206,16 @@ class Daemon(Sync, Intake, Listening, Acting):
                 for number, _index, _name in steps:
                     self.event(now, "send-resolved", number, message_id=record.message_id,
                                status=status)
-            if status == "unknown" and touched:
-                notices.append(Notice("send-unknown", "notice-send-unknown", touched[0], {
-                    "message_id": record.message_id, "step_name": steps[0][2],
-                    "step_index": steps[0][1], "attempted_at": record.created_at,
-                    "detail": "the daemon stopped during the send; the copy is not in Sent",
-                }))
+                if status == "unknown" and touched:
+                    notices.append(Notice("send-unknown", "notice-send-unknown", touched[0], {
+                        "message_id": record.message_id, "step_name": steps[0][2],
+                        "step_index": steps[0][1], "attempted_at": record.created_at,
+                        "detail": "the daemon stopped during the send; the copy is not in "
+                                  "Sent",
+                    }))
+                # Spooled before the commit: a kill in between tells the owner twice at
+                # worst, never not at all.
+                self.spool_notices(notices, now)
 
     def _journalled_sends(self, message_ids: set[str]) -> dict[str, str]:
         """Message-ID → the server's reply, for those of `message_ids` the journal says
