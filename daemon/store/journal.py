@@ -206,13 +206,13 @@ class Journal:
         if stat.st_size > done:
             with self.path.open("rb") as journal:
                 journal.seek(done)
-                data = journal.read(stat.st_size - done)
-            whole = data[: data.rfind(b"\n") + 1]
-            offset = done
-            for raw in whole.splitlines(keepends=True):
-                _index_line(self._index, raw, offset)
-                offset += len(raw)
-            done = offset
+                # Line by line: the journal of a first read at 100k messages is tens of
+                # MB, and reading it whole was the peak of that pass's memory.
+                for raw in journal:
+                    if not raw.endswith(b"\n"):
+                        break  # a line being written: indexed next time
+                    _index_line(self._index, raw, done)
+                    done += len(raw)
         self._indexed = (stat.st_ino, done)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 from tinydb.storages import Storage
 
@@ -166,16 +167,37 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace the file with `data` atomically and durably."""
-        self.write_bytes(json.dumps(data, **self._dump_kwargs).encode("utf-8"))
+        """Replace the file with `data` atomically and durably.
+
+        Written one document at a time: the whole file as one string (then as bytes) was
+        two copies of the state in memory at each compaction, the peak of a first read."""
+        if "indent" in self._dump_kwargs:
+            self.write_bytes(json.dumps(data, **self._dump_kwargs).encode("utf-8"))
+            return
+        dumps = functools.partial(json.dumps, **self._dump_kwargs)
+
+        def tables(out: BinaryIO) -> None:
+            out.write(b"{")
+            for t, (name, table) in enumerate(data.items()):
+                out.write(f"{',' if t else ''}{dumps(name)}:{{".encode())
+                for d, (doc_id, doc) in enumerate(table.items()):
+                    out.write(f"{',' if d else ''}{dumps(str(doc_id))}:{dumps(doc)}".encode())
+                out.write(b"}")
+            out.write(b"}")
+
+        self._replace(tables)
 
     def write_bytes(self, encoded: bytes) -> None:
         """Replace the file with `encoded` atomically and durably."""
+        self._replace(lambda out: out.write(encoded))
+
+    def _replace(self, fill: Callable[[BinaryIO], object]) -> None:
+        """A temp file filled by `fill`, fsynced, renamed over the file, directory synced."""
         directory = self.path.parent
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(encoded)
+            with os.fdopen(fd, "wb", buffering=1 << 20) as tmp:
+                fill(tmp)
                 tmp.flush()
                 os.fsync(tmp.fileno())
             os.replace(tmp_name, self.path)

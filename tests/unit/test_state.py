@@ -538,3 +538,16 @@ def test_daemon_lock_is_freed_when_its_holder_is_killed(tmp_path: Path) -> None:
     holder.join(10)
     with StateStore(tmp_path).lock_daemon() as pid:
         assert pid == os.getpid()
+
+
+def test_the_snapshot_is_written_a_document_at_a_time_as_one_dump_would_write_it(
+    tmp_path: Path,
+) -> None:
+    """Streaming the snapshot (no whole-file string in memory) changes no byte."""
+    from relance.store.state import AtomicJSONStorage
+
+    data = {"cases": {"1": {"a": [1, "é", None], "b": {"x": "\u2028\"\\"}}, "2": {}},
+            "meta": {"1": {"schema_version": 2}}, "empty": {}}
+    AtomicJSONStorage(tmp_path / "s.json").write(data)
+    written = (tmp_path / "s.json").read_bytes()
+    assert written == json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
