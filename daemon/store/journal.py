@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -226,7 +227,9 @@ def _index_line(index: dict[str, list[tuple[int, int, str]]], raw: bytes, offset
     except (json.JSONDecodeError, UnicodeDecodeError):
         return
     if isinstance(entry, dict) and isinstance(entry.get("case"), str) and "event" in entry:
-        index.setdefault(entry["case"], []).append((offset, len(raw), str(entry["event"])))
+        # Event names interned: a few dozen kinds, repeated on every line.
+        index.setdefault(entry["case"], []).append(
+            (offset, len(raw), sys.intern(str(entry["event"]))))
 
 
 def _ends_torn(fd: int) -> bool:
