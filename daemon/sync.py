@@ -179,9 +179,6 @@ class Sync:
                 up_to = max(chunk[-1], seen_up_to) if last else chunk[-1]
                 self._sync_chunk(mailbox, folder, chunk, Cursor(
                     folder, state.uidvalidity, up_to, state.highestmodseq), now, notices)
-                # Committed: spool this chunk's notices now, so a crash later in a long
-                # first read loses none, and the mails they carry are not held in memory.
-                self.spool_notices(notices, now)
             if self._held:
                 notices.append(self._history_summary(folder, self._held, now))
         finally:
@@ -225,6 +222,10 @@ class Sync:
             finally:
                 self._prefetched = None
             tx.set_cursor(cursor)
+            # This chunk's notices are spooled before its changes commit: a kill between
+            # the two tells the owner twice (the chunk is read again), never not at all
+            # (seen once in the full kill campaign when they were spooled after).
+            self.spool_notices(notices, now)
         # handle may have selected another folder (a MOVE): back to this one, if so
         mailbox.select(folder, readonly=True)
 
