@@ -208,6 +208,7 @@ class Listening:
                                          state.highestmodseq))
                 elif cursor is None or cursor.uidvalidity != state.uidvalidity:
                     tx.set_cursor(Cursor(folder, state.uidvalidity, 0, state.highestmodseq))
+                self.spool_notices(notices, now)  # before the commit: told twice, never lost
 
     # -- payment notices ---------------------------------------------------------------
     def _payment(
@@ -280,10 +281,12 @@ class Listening:
         summary = digest(list(cases.values()), local, paid_since)
         with self.store.transaction() as tx:
             tx.set_meta("last_digest_at", now.isoformat())
-        if summary.empty:
-            return
-        notices.append(Notice("digest", "notice-digest", None, {
-            "letter": compose.Rendered("", format_digest(summary, rules.language))}))
+            if not summary.empty:
+                notices.append(Notice("digest", "notice-digest", None, {
+                    "letter": compose.Rendered("", format_digest(summary, rules.language))}))
+                # Spooled before the date is committed: a kill between them sends the
+                # digest twice at worst, never skips a week.
+                self.spool_notices(notices, now)
 
     def _client_replied(
         self, tx: Book, case: Case, mail: Mail, now: datetime
