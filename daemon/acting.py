@@ -297,22 +297,25 @@ class Acting:
                 f"{decision.step_name} handed to the owner {now:%Y-%m-%d}"
                 if state is CaseState.FORMAL_NOTICE else fresh.reason))
             tx.put_case(fresh)
-        self.event(now, "handed-over", case.number, step=decision.step_index,
-                   step_name=decision.step_name, channel=decision.channel.value)
-        template = ("notice-formal-notice" if decision.channel is Channel.LETTER
-                    else "notice-task")
-        attachments: tuple[Attachment, ...] = ()
-        detail = ""
-        if decision.channel is Channel.LETTER:
-            letter = self.letter(fresh, now)
-            attachments = (letter,) if letter is not None else ()
-            self._letters[case.number] = attachments
-            if letter is None:
-                detail = "the letter could not be made: see the journal"
-        notices.append(Notice(decision.channel.value, template, fresh, {
-            "letter": rendered, "step_name": decision.step_name,
-            "step_index": decision.step_index, "detail": detail,
-        }, attachments))
+            # Journalled, and the owner's notice spooled, before the commit: a kill in
+            # between redoes the hand-over (told twice at worst), never loses it.
+            self.event(now, "handed-over", case.number, step=decision.step_index,
+                       step_name=decision.step_name, channel=decision.channel.value)
+            template = ("notice-formal-notice" if decision.channel is Channel.LETTER
+                        else "notice-task")
+            attachments: tuple[Attachment, ...] = ()
+            detail = ""
+            if decision.channel is Channel.LETTER:
+                letter = self.letter(fresh, now)
+                attachments = (letter,) if letter is not None else ()
+                self._letters[case.number] = attachments
+                if letter is None:
+                    detail = "the letter could not be made: see the journal"
+            notices.append(Notice(decision.channel.value, template, fresh, {
+                "letter": rendered, "step_name": decision.step_name,
+                "step_index": decision.step_index, "detail": detail,
+            }, attachments))
+            self.spool_notices(notices, now)
 
     def letter(self, case: Case, now: datetime) -> Attachment | None:
         """The formal notice as a PDF to print and send by registered post."""
