@@ -1,76 +1,23 @@
-"""What one pass works with: the cases of a batch kept in memory, and the notices it owes
-the owner."""
+"""What one pass works with besides the state: the notices it owes the owner, and the
+small pure changes it makes to a case (a thread id, a step taken)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from relance.core.listen import money_text
-from relance.core.thread import same_client
 from relance.model import (
-    OPEN_STATES,
     Attachment,
     Case,
     CaseState,
     StepRecord,
 )
-from relance.store.state import Transaction
 
 log = logging.getLogger("relance")
-
-
-class Book:
-    """A transaction seen the way the reading of a batch of messages needs it: cases by
-    number, the thread index, each client's open cases. All three come from the store's
-    indexes and its memo of decoded cases, kept up to date by every `put_case`, so a
-    batch costs what it changes, not a decode of the whole state."""
-
-    def __init__(self, tx: Transaction) -> None:
-        self.tx = tx
-        self.index: Mapping[str, tuple[str, ...]] = _LiveThreadIndex(tx)
-
-    def cases(self) -> dict[str, Case]:
-        return self.tx.cases()
-
-    def get_case(self, number: str) -> Case | None:
-        return self.tx.get_case(number)
-
-    def put_case(self, case: Case) -> None:
-        self.tx.put_case(case)
-
-    def open_cases_of(self, address: str) -> list[Case]:
-        """The open cases of the client writing from `address` (see `same_client`)."""
-        found = (self.tx.get_case(n) for n in self.tx.case_numbers_for_address(address))
-        return [c for c in found if c is not None
-                and c.state in OPEN_STATES and same_client(address, c.client_addrs)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.tx, name)
-
-
-class _LiveThreadIndex(Mapping[str, tuple[str, ...]]):
-    """Message-ID → case numbers of a transaction, always as of now: the transaction
-    copies its index on first write, so a reference taken earlier must not be kept."""
-
-    def __init__(self, tx: Transaction) -> None:
-        self._tx = tx
-
-    def __getitem__(self, message_id: str) -> tuple[str, ...]:
-        return self._tx.thread_index()[message_id]
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._tx.thread_index()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tx.thread_index())
-
-    def __len__(self) -> int:
-        return len(self._tx.thread_index())
 
 
 @dataclass

@@ -9,7 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from relance.book import Book, Notice, describe_case, with_thread_id
+from relance.book import Notice, describe_case, with_thread_id
 from relance.core.commands import CommandRefused
 from relance.core.extract import due_date_for, extract_invoices_with_notes
 from relance.core.facts import apply_facts
@@ -21,6 +21,7 @@ from relance.model import (
     InvoiceFacts,
     Mail,
 )
+from relance.store.state import Transaction
 
 log = logging.getLogger("relance")
 
@@ -29,7 +30,7 @@ class Intake:
     """The invoice side of `Daemon`."""
 
     def _invoice_mail(
-        self, tx: Book, mail: Mail, now: datetime, notices: list[Notice]
+        self, tx: Transaction, mail: Mail, now: datetime, notices: list[Notice]
     ) -> None:
         found, notes = extract_invoices_with_notes(mail)
         if notes:
@@ -60,7 +61,7 @@ class Intake:
                     "missing": list(_missing(case)), "detail": "; ".join(facts.notes)}))
 
     def _credit_note(
-        self, tx: Book, facts: InvoiceFacts, mail: Mail, now: datetime,
+        self, tx: Transaction, facts: InvoiceFacts, mail: Mail, now: datetime,
         notices: list[Notice],
     ) -> None:
         """A credit note (avoir) lowers what the invoice it names still owes, once."""
@@ -105,7 +106,7 @@ class Intake:
             f"{money_text(credited, target.currency)} en moins, {describe_case(updated)}")}))
 
     def _replaced(
-        self, tx: Book, number: str, by: str, now: datetime, notices: list[Notice]
+        self, tx: Transaction, number: str, by: str, now: datetime, notices: list[Notice]
     ) -> None:
         """A corrected invoice replaces an earlier one: the earlier one is not chased."""
         old = tx.get_case(number)
@@ -121,7 +122,7 @@ class Intake:
                 "suivront leur propre calendrier.")}))
 
     def _invoice_again(
-        self, tx: Book, case: Case, facts: InvoiceFacts, mail: Mail, now: datetime,
+        self, tx: Transaction, case: Case, facts: InvoiceFacts, mail: Mail, now: datetime,
         notices: list[Notice],
     ) -> None:
         """The same number again: one case, thread kept; new facts only where safe."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from relance.book import Book, Notice, describe_case, with_thread_id
+from relance.book import Notice, describe_case, with_thread_id
 from relance.core import commands as owner_commands
 from relance.core import compose
 from relance.core.classify import stated_return
@@ -41,7 +41,7 @@ from relance.model import (
     Mail,
 )
 from relance.store.evidence import dkim_check
-from relance.store.state import Cursor
+from relance.store.state import Cursor, Transaction
 
 log = logging.getLogger("relance")
 
@@ -65,7 +65,7 @@ class Listening:
 
     # -- the owner's mail: commands, by email or by folder -----------------------------
     def _owner_mail(
-        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> bool:
         """Commands the owner wrote; True when the mail held any (applied or refused)."""
@@ -212,7 +212,7 @@ class Listening:
 
     # -- payment notices ---------------------------------------------------------------
     def _payment(
-        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> None:
         full = self._full(mailbox, head, size, now)
@@ -289,7 +289,7 @@ class Listening:
                 self.spool_notices(notices, now)
 
     def _client_replied(
-        self, tx: Book, case: Case, mail: Mail, now: datetime
+        self, tx: Transaction, case: Case, mail: Mail, now: datetime
     ) -> Case | None:
         """Record a client's answer on one case; the case when this paused its reminders
         (the caller tells the owner once per answer, not once per invoice)."""
@@ -373,7 +373,7 @@ class Listening:
                                    reason=f"out of office until {back:%Y-%m-%d}")
 
     def _bounce(
-        self, tx: Book, mail: Mail, mailbox: Mailbox, now: datetime,
+        self, tx: Transaction, mail: Mail, mailbox: Mailbox, now: datetime,
         notices: list[Notice],
     ) -> None:
         # `_full` just read this message: its raw bytes are at hand, no second FETCH.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from relance.book import Book, Notice, with_thread_id
+from relance.book import Notice, with_thread_id
 from relance.core.classify import Kind, classify
 from relance.core.extract import looks_like_invoice
 from relance.core.listen import known_numbers_in, new_part
@@ -23,7 +23,7 @@ from relance.listening import HISTORY_AGE, listed
 from relance.mailbox.imap import BODY_BATCH, IMAP_ERRORS, FetchedHeaders, Mailbox
 from relance.mailbox.parse import ParseFailure, parse_headers, parse_message
 from relance.model import Case, Firm, Mail
-from relance.store.state import Cursor
+from relance.store.state import Cursor, Transaction
 
 log = logging.getLogger("relance")
 
@@ -41,7 +41,7 @@ class PrefetchContext:
     payment_senders: Sequence[str]
     sent_folder: str
     known_ids: Collection[str]
-    is_client: Callable[[str], bool]  # the sender has open cases (`Book.open_cases_of`)
+    is_client: Callable[[str], bool]  # the sender has open cases (`StateView.open_cases_of`)
 
 
 def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int]:
@@ -193,8 +193,7 @@ class Sync:
         heads = list(mailbox.fetch_headers(chunk))
         # The journal's lines are fsynced once, when the batch ends: before the state
         # commits (the `with` exits inner first), so no committed change lacks its line.
-        with self.store.transaction() as raw_tx, self.journal.batch():
-            tx = Book(raw_tx)
+        with self.store.transaction() as tx, self.journal.batch():
             parsed: list[tuple[FetchedHeaders, Mail | Exception]] = []
             for fetched in heads:
                 try:
@@ -230,7 +229,7 @@ class Sync:
         mailbox.select(folder, readonly=True)
 
     def _plan_prefetch(
-        self, mailbox: Mailbox, folder: str, tx: Book,
+        self, mailbox: Mailbox, folder: str, tx: Transaction,
         parsed: Sequence[tuple[FetchedHeaders, Mail | Exception]],
     ) -> Prefetched:
         sizes = {fetched.uid: fetched.size for fetched, _ in parsed}
@@ -248,7 +247,7 @@ class Sync:
             tx.set_cursor(cursor)
 
     def handle(
-        self, tx: Book, mailbox: Mailbox, head: Mail, size: int, now: datetime,
+        self, tx: Transaction, mailbox: Mailbox, head: Mail, size: int, now: datetime,
         notices: list[Notice],
     ) -> None:
         """Decide what one new message means, from its headers first."""
@@ -356,7 +355,7 @@ class Sync:
             self.event(now, "message-skipped", folder=head.folder, uid=head.uid, reason=str(exc))
             return None
 
-    def _own_copy(self, tx: Book, head: Mail, now: datetime) -> None:
+    def _own_copy(self, tx: Transaction, head: Mail, now: datetime) -> None:
         """A copy of our own reminder (in Sent, or sent by the owner from Drafts)."""
         number = head.headers.get("x-relance-invoice", "").strip()
         case = tx.get_case(number) if number else None
@@ -380,7 +379,7 @@ class Sync:
         if updated is not case:
             tx.put_case(updated)
 
-    def _firm_wrote(self, tx: Book, numbers: list[str], head: Mail, now: datetime) -> None:
+    def _firm_wrote(self, tx: Transaction, numbers: list[str], head: Mail, now: datetime) -> None:
         """The firm wrote by hand in a thread: a contact, so the next step keeps its gap."""
         for number in numbers:
             case = tx.get_case(number)

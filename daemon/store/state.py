@@ -35,7 +35,8 @@ from typing import Any, BinaryIO
 
 from tinydb.storages import Storage
 
-from relance.model import Case, CaseState, StepRecord
+from relance.core.thread import same_client
+from relance.model import OPEN_STATES, Case, CaseState, StepRecord
 
 log = logging.getLogger("relance")
 
@@ -666,6 +667,20 @@ class StateView:
         every case (the invoice and the thread ids), kept up to date instead of rebuilt."""
         return MappingProxyType(self._s.thread_index)
 
+    @property
+    def index(self) -> Mapping[str, tuple[str, ...]]:
+        """`thread_index()` that stays current through this transaction's own writes (a
+        write copies the index, so a mapping taken earlier would go stale): what
+        `core.thread.cases_for` reads while a batch of messages is decided."""
+        return _LiveThreadIndex(self)
+
+    def open_cases_of(self, address: str) -> list[Case]:
+        """The open cases of the client writing from `address` (see `same_client`),
+        decoding only those the address index names."""
+        found = (self.get_case(n) for n in self.case_numbers_for_address(address))
+        return [c for c in found if c is not None
+                and c.state in OPEN_STATES and same_client(address, c.client_addrs)]
+
     def case_numbers_for_address(self, address: str) -> tuple[str, ...]:
         """Numbers of the cases that list `address`, or an address of its domain, as a
         client address (a superset of `same_client`; the caller filters), in the order
@@ -726,6 +741,25 @@ def _reindex(index: Index, number: str, old: list[str], new: list[str]) -> None:
         known = index.get(key, ())
         if number not in known:
             index[key] = (*known, number)
+
+
+class _LiveThreadIndex(Mapping[str, tuple[str, ...]]):
+    """Message-ID → case numbers of a view, always as of now."""
+
+    def __init__(self, view: StateView) -> None:
+        self._view = view
+
+    def __getitem__(self, message_id: str) -> tuple[str, ...]:
+        return self._view.thread_index()[message_id]
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._view.thread_index()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view.thread_index())
+
+    def __len__(self) -> int:
+        return len(self._view.thread_index())
 
 
 class Transaction(StateView):

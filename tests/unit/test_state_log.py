@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from relance.book import Book
 from relance.model import CaseState
 from relance.store import state as state_module
 from relance.store.state import (
@@ -295,21 +294,20 @@ def test_a_log_without_a_snapshot_is_replayed_and_folded_in(tmp_path: Path) -> N
         assert sorted(view.cases()) == ["F1", "F2"]
 
 
-def test_book_reads_through_the_transaction_indexes(tmp_path: Path) -> None:
+def test_a_transaction_reads_a_batch_through_its_live_indexes(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     with store.transaction() as tx:
         tx.put_case(make_case("F1"))
         tx.put_case(make_case("F2", client_addrs=("x@other.fr",)))
         tx.put_case(make_case("F3", state=CaseState.PAID))
     with store.transaction() as tx:
-        book = Book(tx)
-        index = book.index
+        index = tx.index
         assert index["<reply-F1@client.fr>"] == ("F1",)
-        assert [c.number for c in book.open_cases_of("compta@client.fr")] == ["F1"]
-        assert [c.number for c in book.open_cases_of("boss@client.fr")] == ["F1"]
-        book.put_case(make_case("F4", thread_ids=("<reply-F1@client.fr>",)))
-        book.put_case(make_case("F2", client_addrs=("compta@client.fr",)))
+        assert [c.number for c in tx.open_cases_of("compta@client.fr")] == ["F1"]
+        assert [c.number for c in tx.open_cases_of("boss@client.fr")] == ["F1"]
+        tx.put_case(make_case("F4", thread_ids=("<reply-F1@client.fr>",)))
+        tx.put_case(make_case("F2", client_addrs=("compta@client.fr",)))
         assert index["<reply-F1@client.fr>"] == ("F1", "F4")
-        assert [c.number for c in book.open_cases_of("compta@client.fr")] == ["F1", "F2", "F4"]
-        assert book.open_cases_of("x@other.fr") == []
-        assert list(book.cases()) == ["F1", "F2", "F3", "F4"]
+        assert [c.number for c in tx.open_cases_of("compta@client.fr")] == ["F1", "F2", "F4"]
+        assert tx.open_cases_of("x@other.fr") == []
+        assert list(tx.cases()) == ["F1", "F2", "F3", "F4"]
