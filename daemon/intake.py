@@ -157,8 +157,7 @@ class Intake:
     def _open_case(self, facts: InvoiceFacts, mail: Mail, now: datetime) -> Case:
         firm = self.rt.firm
         rules = self.rt.rules
-        inside = set(firm.addresses) | set(firm.owners)
-        clients = tuple(a for a in mail.recipients if a not in inside)
+        clients = firm.outsiders(mail.recipients)
         profile = rules.profile_for(clients)
         terms = profile.terms if profile and profile.terms else rules.default_terms
         due = due_date_for(facts, terms.days, terms.end_of_month)

@@ -6,10 +6,12 @@ sees a socket or a file. Money is `Decimal`; instants are timezone-aware `dateti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 
 
 class CaseState(StrEnum):
@@ -191,6 +193,15 @@ class Firm:
     owners: tuple[str, ...] = ()
     iban: str = ""
     payment_link: str = ""  # may hold "{number}"
+
+    @cached_property
+    def inside(self) -> frozenset[str]:
+        """The firm's own addresses and its owners': any other recipient is a client."""
+        return frozenset(self.addresses) | frozenset(self.owners)
+
+    def outsiders(self, addresses: Iterable[str]) -> tuple[str, ...]:
+        """Those of `addresses` that are not the firm's: the clients a mail went to."""
+        return tuple(a for a in addresses if a not in self.inside)
 
     @property
     def domain(self) -> str:

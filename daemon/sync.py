@@ -55,7 +55,6 @@ def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int
     answer to an invoice read in the same chunk is fetched with it.
     """
     firm = ctx.firm
-    inside = set(firm.addresses) | set(firm.owners)
     new_ids: set[str] = set()
     new_clients: set[str] = set()
     wanted: list[int] = []
@@ -68,7 +67,7 @@ def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int
         kind = classify(head, firm)
         if kind is Kind.OWN:
             continue
-        to_clients = any(a not in inside for a in head.recipients)
+        to_clients = bool(firm.outsiders(head.recipients))
         if head.from_addr in firm.owners or (
             kind is Kind.FIRM and head.folder == ctx.sent_folder and not to_clients
         ) or listed(head.from_addr, ctx.payment_senders):
@@ -79,7 +78,7 @@ def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int
                 head.subject, head.headers.get("content-type", ""))
             if invoice_like:
                 new_ids.add(head.message_id)
-                new_clients.update(a for a in head.recipients if a not in inside)
+                new_clients.update(firm.outsiders(head.recipients))
             if invoice_like or in_thread(head):
                 wanted.append(head.uid)
             continue
@@ -323,8 +322,7 @@ class Sync:
             self._tell(notices, full, self._reply_notice(paused, full, now))
 
     def _to_clients(self, mail: Mail) -> bool:
-        inside = set(self.rt.firm.addresses) | set(self.rt.firm.owners)
-        return any(a not in inside for a in mail.recipients)
+        return bool(self.rt.firm.outsiders(mail.recipients))
 
     def _tell(self, notices: list[Notice], mail: Mail, notice: Notice) -> None:
         """A notice about a client's answer: held for the first read's summary when the
