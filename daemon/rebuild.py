@@ -33,7 +33,6 @@ no case and is passed over.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -42,6 +41,7 @@ from typing import Any
 
 from relance.book import record_step
 from relance.core.commands import CommandRefused
+from relance.core.compose import step_of_message_id
 from relance.model import Case, CaseState, StepRecord
 
 STEP_EVENTS = {
@@ -59,8 +59,6 @@ STATE_EVENTS = frozenset({
 """Events that change a case's state, whose mail the re-read may see again (news)."""
 SEND_OUTCOMES = frozenset({"sent", "unknown"})
 """Outcomes that mean the client may have the mail: such a step is never sent again."""
-
-_REMINDER_ID = re.compile(r"^<relance\.[0-9a-f]{16}\.(\d+)@")
 
 CommandApplier = Callable[[Case, str, str, datetime], Case]
 """(case, verb, command line as mailed or "" for a folder drop, at) → the case after the
@@ -135,12 +133,6 @@ class SendToRecord:
 
 
 # -- folding the journal -------------------------------------------------------------
-
-
-def step_of_message_id(message_id: str) -> int | None:
-    """The step index in a reminder's Message-ID (`compose.reminder_message_id`)."""
-    match = _REMINDER_ID.match(message_id or "")
-    return int(match[1]) if match else None
 
 
 def fold_journal(

@@ -227,6 +227,15 @@ def reminder_message_id(case: Case, step_index: int, domain: str) -> str:
     return f"<relance.{digest[:16]}.{int(step_index)}@{_id_domain(domain)}>"
 
 
+_REMINDER_ID = re.compile(r"^<relance\.[0-9a-f]{16}\.(\d+)@")
+
+
+def step_of_message_id(message_id: str) -> int | None:
+    """The step index a `reminder_message_id` carries, or None for any other id."""
+    match = _REMINDER_ID.match(message_id or "")
+    return int(match[1]) if match else None
+
+
 def notice_message_id(
     case_number: str | None, kind: str, at: datetime, domain: str, secret: bytes = b""
 ) -> str:
