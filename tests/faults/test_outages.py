@@ -527,14 +527,20 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_disk_full_gives_a_clear_error_keeps_the_state_and_sends_nothing(
-    wired: Wired, client: MailUser, tiny_disk: Path
-) -> None:
+def chased_on_tiny_disk(wired: Wired, client: MailUser, tiny_disk: Path) -> Office:
+    """An office whose state lives on the tiny disk, its first invoice already read."""
     office = wired.office
     write_config(office, imap_port=wired.imap.port, smtp_port=wired.smtp.port,
                  timeout=TIMEOUT, extra=f'state_dir = "{tiny_disk / "state"}"\n')
     send_invoice(office, client)
     office.pass_at(at(COURTESY - timedelta(days=7)))
+    return office
+
+
+def test_disk_full_gives_a_clear_error_keeps_the_state_and_sends_nothing(
+    wired: Wired, client: MailUser, tiny_disk: Path
+) -> None:
+    office = chased_on_tiny_disk(wired, client, tiny_disk)
     state = tiny_disk / "state" / "state.json"
     before = state.read_bytes()
     send_invoice(office, client, "F-2026-0043")  # something to write about
@@ -558,11 +564,7 @@ def test_disk_full_gives_a_clear_error_keeps_the_state_and_sends_nothing(
 def test_disk_full_error_names_the_state_not_the_imap_server(
     wired: Wired, client: MailUser, tiny_disk: Path
 ) -> None:
-    office = wired.office
-    write_config(office, imap_port=wired.imap.port, smtp_port=wired.smtp.port,
-                 timeout=TIMEOUT, extra=f'state_dir = "{tiny_disk / "state"}"\n')
-    send_invoice(office, client)
-    office.pass_at(at(COURTESY - timedelta(days=7)))
+    office = chased_on_tiny_disk(wired, client, tiny_disk)
     fill(tiny_disk)
     send_invoice(office, client, "F-2026-0043")
 
