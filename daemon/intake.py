@@ -60,6 +60,23 @@ class Intake:
                     "facts": dataclasses.replace(facts, missing=()), "mail": mail,
                     "missing": list(_missing(case)), "detail": "; ".join(facts.notes)}))
 
+    def _adopt_history(
+        self, tx: Transaction, facts: InvoiceFacts, head: Mail, now: datetime
+    ) -> None:
+        """An old invoice, known from its headers alone (`sync.history_invoice`): a case
+        closed as history, so its thread, its number and its client are known; never chased."""
+        existing = tx.get_case(facts.number)
+        if existing is not None:
+            updated = with_thread_id(existing, head.message_id)
+            if updated != existing:
+                tx.put_case(updated)
+            return
+        case = self._open_case(facts, head, now)
+        tx.put_case(case)
+        self.event(now, "invoice-found", case.number, client=",".join(case.client_addrs),
+                   client_name=case.client_name or None, state=case.state.value,
+                   source=facts.source, reason=case.reason)
+
     def _credit_note(
         self, tx: Transaction, facts: InvoiceFacts, mail: Mail, now: datetime,
         notices: list[Notice],
@@ -131,8 +148,11 @@ class Intake:
         profile = rules.profile_for(case.client_addrs)
         terms = profile.terms if profile and profile.terms else rules.default_terms
         due = due_date_for(facts, terms.days, terms.end_of_month)
-        differs = (facts.amount is not None and facts.amount != case.amount) or (
-            due is not None and due != case.due_date)
+        # Only a fact known both times can differ: history adopted from its headers
+        # (`_adopt_history`) knows no amount, and a copy of it sent again is no news.
+        differs = (facts.amount is not None and case.amount is not None
+                   and facts.amount != case.amount) or (
+            due is not None and case.due_date is not None and due != case.due_date)
         if case.state is CaseState.NEEDS_FACTS and (facts.amount is not None or due):
             with contextlib.suppress(CommandRefused):
                 updated = apply_facts(updated, now, facts.amount if case.amount is None
@@ -182,15 +202,16 @@ class Intake:
         )
         if profile is not None and profile.never_chase:
             return dataclasses.replace(case, state=CaseState.STOPPED, reason="never-chase client")
-        if facts.amount is None or due is None:
-            return dataclasses.replace(case, state=CaseState.NEEDS_FACTS,
-                                       reason="missing: " + ", ".join(_missing(case)))
         sent_at = mail.date or now
         if sent_at < now - timedelta(days=rules.adopt_max_age.days):
+            # History: not chased, so its facts are not asked for either.
             return dataclasses.replace(
                 case, state=CaseState.DONE,
                 reason=f"older than {rules.adopt_max_age.days} days when first seen; not chased",
             )
+        if facts.amount is None or due is None:
+            return dataclasses.replace(case, state=CaseState.NEEDS_FACTS,
+                                       reason="missing: " + ", ".join(_missing(case)))
         return case
 
 

@@ -12,17 +12,17 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from relance.book import Notice, with_thread_id
 from relance.core.classify import Kind, classify
-from relance.core.extract import looks_like_invoice
+from relance.core.extract import invoice_named_by_headers, looks_like_invoice
 from relance.core.listen import known_numbers_in, new_part
-from relance.core.thread import cases_for
+from relance.core.thread import answerable, cases_for
 from relance.listening import HISTORY_AGE, listed
 from relance.mailbox.imap import BODY_BATCH, IMAP_ERRORS, FetchedHeaders, Mailbox
 from relance.mailbox.parse import ParseFailure, parse_headers, parse_message
-from relance.model import Case, Firm, Mail
+from relance.model import Case, Firm, InvoiceFacts, Mail
 from relance.store.state import Cursor, Transaction
 
 log = logging.getLogger("relance")
@@ -41,7 +41,20 @@ class PrefetchContext:
     payment_senders: Sequence[str]
     sent_folder: str
     known_ids: Collection[str]
-    is_client: Callable[[str], bool]  # the sender has open cases (`StateView.open_cases_of`)
+    # the sender has open cases this mail could answer (`StateView.open_cases_of`, `answerable`)
+    is_client: Callable[[Mail], bool]
+    # invoices sent before this are adopted as history from their headers (`history_invoice`)
+    history_before: datetime | None = None
+
+
+def history_invoice(head: Mail, history_before: datetime | None) -> InvoiceFacts | None:
+    """An invoice the firm sent before `history_before` (the rules' `adopt_max_age` ago)
+    whose subject names it: adopted as history from its headers alone, its body never
+    fetched. It will not be chased, so its amount and due date are not worth a PDF read
+    (a third of a first read's invoices, years of them)."""
+    if history_before is None or head.date is None or head.date >= history_before:
+        return None
+    return invoice_named_by_headers(head)
 
 
 def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int]:
@@ -78,12 +91,14 @@ def prefetch_candidates(heads: Iterable[Mail], ctx: PrefetchContext) -> list[int
                 head.subject, head.headers.get("content-type", ""))
             if invoice_like:
                 new_ids.add(head.message_id)
+                if history_invoice(head, ctx.history_before) is not None:
+                    continue  # adopted from its headers
                 new_clients.update(firm.outsiders(head.recipients))
             if invoice_like or in_thread(head):
                 wanted.append(head.uid)
             continue
         if (kind is Kind.BOUNCE or in_thread(head) or head.from_addr in new_clients
-                or ctx.is_client(head.from_addr)):
+                or ctx.is_client(head)):
             wanted.append(head.uid)
     return wanted
 
@@ -200,7 +215,7 @@ class Sync:
                                                           fetched.uid)))
                 except Exception as exc:  # told per message below, like any other error
                     parsed.append((fetched, exc))
-            self._prefetched = self._plan_prefetch(mailbox, folder, tx, parsed)
+            self._prefetched = self._plan_prefetch(mailbox, folder, tx, parsed, now)
             try:
                 for fetched, mail in parsed:
                     try:
@@ -229,13 +244,14 @@ class Sync:
 
     def _plan_prefetch(
         self, mailbox: Mailbox, folder: str, tx: Transaction,
-        parsed: Sequence[tuple[FetchedHeaders, Mail | Exception]],
+        parsed: Sequence[tuple[FetchedHeaders, Mail | Exception]], now: datetime,
     ) -> Prefetched:
         sizes = {fetched.uid: fetched.size for fetched, _ in parsed}
         ctx = PrefetchContext(
             firm=self.rt.firm, payment_senders=tuple(self.config.firm.payment_senders),
             sent_folder=self._sent_folder, known_ids=tx.index,
-            is_client=lambda address: bool(tx.open_cases_of(address)),
+            is_client=lambda mail: bool(answerable(tx.open_cases_of(mail.from_addr), mail)),
+            history_before=self._history_before(now),
         )
         wanted = prefetch_candidates(
             (mail for _, mail in parsed if isinstance(mail, Mail)), ctx)
@@ -278,11 +294,15 @@ class Sync:
             elif self._to_clients(head) and looks_like_invoice(
                 head.subject, head.headers.get("content-type", "")
             ):
+                history = history_invoice(head, self._history_before(now))
+                if history is not None:
+                    self._adopt_history(tx, history, head, now)
+                    return
                 full = self._full(mailbox, head, size, now)
                 if full is not None:
                     self._invoice_mail(tx, full, now, notices)
             return
-        theirs = tx.open_cases_of(head.from_addr)
+        theirs = answerable(tx.open_cases_of(head.from_addr), head)
         numbers = cases_for(head, theirs, index)
         if not numbers and not (theirs or kind is Kind.BOUNCE):
             return  # not about any case: most of an inbox
@@ -320,6 +340,10 @@ class Sync:
         if paused:
             # One reply, one notice, however many invoices it paused.
             self._tell(notices, full, self._reply_notice(paused, full, now))
+
+    def _history_before(self, now: datetime) -> datetime:
+        """Invoices sent before this are history when first seen (`adopt_max_age`)."""
+        return now - timedelta(days=self.rt.rules.adopt_max_age.days)
 
     def _to_clients(self, mail: Mail) -> bool:
         return bool(self.rt.firm.outsiders(mail.recipients))

@@ -31,6 +31,7 @@ __all__ = [
     "due_date_for",
     "extract_invoices",
     "extract_invoices_with_notes",
+    "invoice_named_by_headers",
     "invoice_numbers_in",
     "looks_like_invoice",
 ]
@@ -977,6 +978,24 @@ def extract_invoices_with_notes(mail: Mail) -> tuple[list[InvoiceFacts], tuple[s
     if len(anonymous) == 1:
         sources = [*anonymous[0], from_mail]
     return [_merge(sources, fallback_issue_date, tuple(notes))], tuple(notes)
+
+
+def invoice_named_by_headers(mail: Mail) -> InvoiceFacts | None:
+    """The one invoice a mail's headers name, for adopting old history without reading
+    the mail: its number from the subject, its issue date from the Date header, nothing
+    else. None whenever the headers alone cannot tell (no number or several, a credit
+    note, a reply, a forward, a subject that refuses): then the body decides, as always.
+    The amount and due date stay unknown: an invoice adopted as history is never chased."""
+    if any(header in mail.headers for header in _OWN_HEADERS) or _is_auto_reply(mail):
+        return None
+    subject = unicodedata.normalize("NFC", mail.subject)
+    if _REPLY_PREFIX_RE.match(subject) or _subject_refuses(subject):
+        return None
+    hits = _number_hits(subject, _fold(subject), with_lists=True)
+    if len({_number_key(hit.number) for hit in hits}) != 1 or hits[0].kind != "invoice":
+        return None
+    return InvoiceFacts(number=hits[0].number, source="headers",
+                        issue_date=mail.date.date() if mail.date else None)
 
 
 _LINE_RE = re.compile(r"[^\n]+")

@@ -23,6 +23,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from relance.core.classify import is_own
 from relance.core.commands import CommandRefused, parse_amount, parse_duration
 from relance.core.extract import invoice_numbers_in, parse_money
+from relance.core.thread import known_numbers_in
 from relance.model import Case, CaseState, Mail
 
 CENT = Decimal("0.01")
@@ -286,30 +287,6 @@ def _notice_payer(original: str, folded: str) -> str:
             if payer:
                 return payer
     return ""
-
-
-def known_numbers_in(text: str, known_numbers: Iterable[str]) -> list[str]:
-    """Which of the open cases' numbers a text names, whole (not inside a longer token).
-
-    A plain search, not a pattern per number: a first read asks this for thousands of
-    different numbers, and compiling each one thrashed `re`'s cache.
-    """
-    folded = text.casefold()
-    return [number for number in known_numbers
-            if number and _names_whole(folded, number.casefold())]
-
-
-def _names_whole(text: str, token: str) -> bool:
-    """Whether `token` stands in `text` with no word character or dash glued to it."""
-    start = text.find(token)
-    while start >= 0:
-        end = start + len(token)
-        before = text[start - 1] if start else " "
-        after = text[end] if end < len(text) else " "
-        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
-            return True
-        start = text.find(token, start + 1)
-    return False
 
 
 def read_payment(mail: Mail, known_numbers: Iterable[str] = ()) -> PaymentNotice | None:

@@ -7,8 +7,8 @@ fallback, accepted only from an address or domain the case already knows.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+from datetime import timedelta
 
 from relance.model import Case, Mail
 
@@ -50,8 +50,43 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-def _names_number(number: str, text: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(number)}(?![\w-])", text, re.IGNORECASE) is not None
+def known_numbers_in(text: str, known_numbers: Iterable[str]) -> list[str]:
+    """Which of the given invoice numbers a text names, whole (not inside a longer token).
+
+    A plain search, not a pattern per number: a first read asks this for thousands of
+    different numbers, and compiling each one thrashed `re`'s cache.
+    """
+    folded = text.casefold()
+    return [number for number in known_numbers
+            if number and _names_whole(folded, number.casefold())]
+
+
+def _names_whole(text: str, token: str) -> bool:
+    """Whether `token` stands in `text` with no word character or dash glued to it."""
+    start = text.find(token)
+    while start >= 0:
+        end = start + len(token)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
+            return True
+        start = text.find(token, start + 1)
+    return False
+
+
+# A client's clock, or the invoice's own date, may be a day off the mail's Date header.
+ANSWER_SLACK = timedelta(days=1)
+
+
+def answerable(cases: Iterable[Case], mail: Mail) -> list[Case]:
+    """The cases a message could be an answer to: those whose invoice was issued no later
+    than the message was written. A client's mail of two years ago is about no invoice
+    sent this spring, and reading it as an answer would pause one. Without a date, all."""
+    written = mail.date
+    if written is None:
+        return list(cases)
+    day = (written + ANSWER_SLACK).date()
+    return [case for case in cases if case.issue_date is None or case.issue_date <= day]
 
 
 def cases_for(
@@ -62,5 +97,4 @@ def cases_for(
         if message_id and message_id in index:
             return list(index[message_id])
     known = [case for case in cases if same_client(mail.from_addr, case.client_addrs)]
-    named = [c.number for c in known if _names_number(c.number, f"{mail.subject}\n{mail.text}")]
-    return named
+    return known_numbers_in(f"{mail.subject}\n{mail.text}", [c.number for c in known])

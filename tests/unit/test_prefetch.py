@@ -19,7 +19,7 @@ CLIENTS = {"paie@client.fr"}
 def ctx(**kw: object) -> PrefetchContext:
     values: dict[str, object] = dict(
         firm=FIRM, payment_senders=("@banque.fr",), sent_folder="Sent", known_ids=KNOWN,
-        is_client=lambda address: address in CLIENTS)
+        is_client=lambda mail: mail.from_addr in CLIENTS)
     values.update(kw)
     return PrefetchContext(**values)  # type: ignore[arg-type]
 
