@@ -169,3 +169,33 @@ def test_mail_landing_between_the_pass_and_idle_wakes_the_daemon_at_once(
         service.serve(mailbox)
     assert len(passes) == 2, "the mail that landed before IDLE did not wake the daemon"
     assert passes[1] - passes[0] < 3.0
+
+
+def test_first_read_adopts_old_invoices_from_headers_and_ignores_mail_older_than_an_invoice(
+    office: Office, make_user,
+) -> None:
+    """History costs headers only: an invoice older than `adopt_max_age` (120 days) is
+    closed from its subject and Date, its body never fetched; a client's mail written
+    before an invoice was issued is not an answer to it."""
+    client = make_user("client")
+    old = invoice_mail("F-2025-0007", sender=office.sender, client=client.address,
+                       issued=date(2025, 11, 3), due=date(2025, 12, 3))
+    new = invoice_mail("F-2026-0031", sender=office.sender, client=client.address,
+                       issued=ISSUED, due=DUE)
+    office.append("Sent", old)
+    office.append("Sent", new)
+    office.append("INBOX", message(client.address, office.firm.address,
+                                   "Question sur la facture F-2026-0031",
+                                   "Bonjour, pouvez-vous nous envoyer la facture F-2026-0031 ?",
+                                   at(date(2026, 10, 12), 11)))
+    with Mailbox(office.config().imap) as mailbox:
+        counting = Counting(mailbox)
+        office.daemon.run_pass(mailbox, at(date(2026, 11, 2)))
+    history = office.case("F-2025-0007")
+    assert history.state is CaseState.DONE and history.amount is None
+    assert history.root_message_id == str(old["Message-ID"])
+    found = {e["case"]: e for e in office.journal() if e["event"] == "invoice-found"}
+    assert found["F-2025-0007"]["source"] == "headers"
+    assert office.case("F-2026-0031").state is CaseState.CHASING  # not paused by the earlier mail
+    assert not [e for e in office.journal() if e["event"] == "client-replied"]
+    assert sum(counting.body_fetches) == 1  # the new invoice alone

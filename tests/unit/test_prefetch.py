@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+import dataclasses
+from datetime import UTC, date, datetime
 
 import pytest
 
 from relance.listening import history_detail, reply_detail
 from relance.model import Firm, Mail
-from relance.sync import PrefetchContext, plan_batches, prefetch_candidates
+from relance.sync import PrefetchContext, history_invoice, plan_batches, prefetch_candidates
 
 FIRM = Firm(name="Atelier", sender="Atelier <compta@atelier.fr>",
             addresses=("compta@atelier.fr",), owners=("patron@atelier.fr",))
@@ -84,6 +85,53 @@ def test_same_chunk_knowledge_does_not_reach_back() -> None:
     invoice = mail(2, sender="compta@atelier.fr", folder="Sent", to=("neuf@nouveau.fr",),
                    subject="Facture F-2026-0009", message_id="<new-invoice@atelier.fr>")
     assert prefetch_candidates([answer, invoice], ctx(known_ids=set())) == [2]
+
+
+LONG_AGO = datetime(2025, 1, 6, 9, tzinfo=UTC)
+RECENT = datetime(2026, 11, 2, 9, tzinfo=UTC)
+HISTORY_BEFORE = datetime(2026, 7, 26, tzinfo=UTC)
+
+
+def sent_invoice(uid: int, subject: str, when: datetime, **headers: str) -> Mail:
+    return dataclasses.replace(mail(uid, sender="compta@atelier.fr", folder="Sent",
+                                    to=("paie@autre.fr",), subject=subject, **headers),
+                               date=when)
+
+
+@pytest.mark.parametrize(("subject", "when", "adopted"), [
+    ("Facture F-2025-0001", LONG_AGO, "F-2025-0001"),
+    ("Facture n° 2025-118 - chantier Dupont", LONG_AGO, "2025-118"),
+    ("Facture F-2026-0100", RECENT, None),  # recent: read, its facts are needed
+    ("Votre facture", LONG_AGO, None),  # no number in the subject: the body decides
+    ("Factures F-2025-0001 et F-2025-0002", LONG_AGO, None),  # several
+    ("Avoir AV-2025-0003", LONG_AGO, None),  # a credit note changes another case
+    ("Re: Facture F-2025-0001", LONG_AGO, None),  # a reply in the thread
+    ("Relance facture F-2025-0001", LONG_AGO, None),  # a reminder, not an invoice
+])
+def test_old_invoices_named_by_their_subject_are_adopted_from_headers(
+    subject: str, when: datetime, adopted: str | None
+) -> None:
+    head = sent_invoice(1, subject, when, content_type="multipart/mixed; boundary=x")
+    facts = history_invoice(head, HISTORY_BEFORE)
+    assert (facts.number if facts else None) == adopted
+    if facts is not None:
+        assert (facts.source, facts.issue_date, facts.amount) == ("headers", when.date(), None)
+    fetched = prefetch_candidates([head], ctx(history_before=HISTORY_BEFORE))
+    assert fetched == ([] if adopted else [1])
+
+
+def test_without_a_history_line_every_invoice_is_read() -> None:
+    head = sent_invoice(1, "Facture F-2025-0001", LONG_AGO)
+    assert history_invoice(head, None) is None
+    assert prefetch_candidates([head], ctx()) == [1]
+
+
+def test_a_client_mail_older_than_their_invoices_is_not_fetched() -> None:
+    """`is_client` is asked with the mail, so `answerable` can look at its date."""
+    old = dataclasses.replace(mail(1, sender="paie@client.fr"), date=LONG_AGO)
+    new = dataclasses.replace(mail(2, sender="paie@client.fr"), date=RECENT)
+    context = ctx(is_client=lambda m: m.date is not None and m.date > HISTORY_BEFORE)
+    assert prefetch_candidates([old, new], context) == [2]
 
 
 BATCHES = [
