@@ -491,26 +491,49 @@ def _send_from_doc(doc: Mapping[str, Any]) -> SendRecord:
     )
 
 
-def _case_message_ids(doc: Mapping[str, Any]) -> list[str]:
+# A stored case in memory: its document as read from disk until something first asks for
+# it, then the decoded Case in its place. Never both: one representation per case.
+CaseEntry = dict[str, Any] | Case
+
+
+def _entry_to_doc(value: Any) -> dict[str, Any]:
+    """`json.dumps(default=...)` for the tables: a decoded case is written as its document."""
+    if isinstance(value, Case):
+        return case_to_doc(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the state")
+
+
+def _root_and_thread(entry: CaseEntry) -> list[str]:
+    if isinstance(entry, Case):
+        return [entry.root_message_id, *entry.thread_ids]
+    return [entry["root_message_id"], *entry.get("thread_ids", ())]
+
+
+def _case_message_ids(entry: CaseEntry) -> list[str]:
     """Every Message-ID that belongs to a case's thread: the invoice, the thread, our steps.
 
     The invoice's own References are left out: they name earlier mail (a quote, another
     invoice) that is not this case's.
     """
-    ids = [doc["root_message_id"], *doc.get("thread_ids", ())]
-    ids.extend(step["message_id"] for step in doc.get("steps", ()))
+    ids = _root_and_thread(entry)
+    if isinstance(entry, Case):
+        ids.extend(step.message_id for step in entry.steps)
+    else:
+        ids.extend(step["message_id"] for step in entry.get("steps", ()))
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def _thread_message_ids(doc: Mapping[str, Any]) -> list[str]:
+def _thread_message_ids(entry: CaseEntry) -> list[str]:
     """The ids `core.thread.thread_index` files a case under: the invoice and its thread."""
-    return list(dict.fromkeys([doc["root_message_id"], *doc.get("thread_ids", ())]))
+    return list(dict.fromkeys(_root_and_thread(entry)))
 
 
-def _address_keys(doc: Mapping[str, Any]) -> list[str]:
+def _address_keys(entry: CaseEntry) -> list[str]:
     """Each client address of a case, and "@domain" for each, for `open_cases_of`."""
     keys: list[str] = []
-    for address in doc.get("client_addrs", ()):
+    addresses = (entry.client_addrs if isinstance(entry, Case)
+                 else entry.get("client_addrs", ()))
+    for address in addresses:
         keys.extend((address, "@" + address.rpartition("@")[2]))
     return list(dict.fromkeys(keys))
 
@@ -518,7 +541,7 @@ def _address_keys(doc: Mapping[str, Any]) -> list[str]:
 # --- snapshots in memory ---------------------------------------------------------------
 
 Index = dict[str, tuple[str, ...]]
-_INDEXES: tuple[tuple[str, Callable[[Mapping[str, Any]], list[str]]], ...] = (
+_INDEXES: tuple[tuple[str, Callable[[CaseEntry], list[str]]], ...] = (
     ("by_message_id", _case_message_ids),
     ("thread_index", _thread_message_ids),
     ("by_address", _address_keys),
@@ -529,8 +552,10 @@ class _Snapshot:
     """One committed state in memory: the tables as TinyDB documents and their indexes.
 
     Shared by every view and transaction that starts from it, so it is never changed once
-    built (only `decoded`, a memo of values that depend on the documents alone, grows).
-    A transaction forks it and copies a dict the first time it writes to it.
+    built, except that a case's document is replaced by the decoded Case the first time it
+    is read (the same value, in the form the daemon uses: a first read of 100k messages
+    held 15k cases twice, as documents and as Cases). A transaction forks it and copies a
+    dict the first time it writes to it.
     """
 
     __slots__ = (
@@ -538,7 +563,6 @@ class _Snapshot:
         "by_message_id",
         "case_ids",
         "cursor_ids",
-        "decoded",
         "next_ids",
         "send_ids",
         "tables",
@@ -550,7 +574,6 @@ class _Snapshot:
     cursor_ids: dict[str, int]
     send_ids: dict[str, int]
     next_ids: dict[str, int]
-    decoded: dict[str, Case]
     by_message_id: Index
     thread_index: Index
     by_address: Index
@@ -581,7 +604,7 @@ def build_snapshot(data: dict[str, dict[str, Any]], path: Path) -> _Snapshot:
         )
     snap = _Snapshot.__new__(_Snapshot)
     snap.tables = data
-    snap.case_ids, snap.cursor_ids, snap.send_ids, snap.decoded = {}, {}, {}, {}
+    snap.case_ids, snap.cursor_ids, snap.send_ids = {}, {}, {}
     lists: dict[str, dict[str, list[str]]] = {name: {} for name, _ in _INDEXES}
     try:
         for doc_id, doc in data.get(_CASES, {}).items():
@@ -623,35 +646,36 @@ class StateView:
     def _corrupt(self, reason: str) -> StateCorrupt:
         return StateCorrupt(self._path, reason)
 
-    def _raw_case(self, number: str) -> dict[str, Any] | None:
+    def _case_entry(self, number: str) -> CaseEntry | None:
         doc_id = self._s.case_ids.get(number)
         return None if doc_id is None else self._s.tables[_CASES][str(doc_id)]
 
-    def _decode_case(self, number: str, raw: Mapping[str, Any]) -> Case:
-        """Decode once per document: the memo lives as long as the cached snapshot."""
-        case = self._s.decoded.get(number)
-        if case is None:
-            try:
-                case = case_from_doc(raw)
-            except ValueError as exc:
-                raise self._corrupt(str(exc)) from exc
-            self._s.decoded[number] = case
+    def _decoded(self, doc_id: int, entry: CaseEntry) -> Case:
+        """The Case of a table entry, decoded once: the document is replaced by it for as
+        long as the cached snapshot lives (the value is the same, so views sharing the
+        table see no change)."""
+        if isinstance(entry, Case):
+            return entry
+        try:
+            case = case_from_doc(entry)
+        except ValueError as exc:
+            raise self._corrupt(str(exc)) from exc
+        self._s.tables[_CASES][str(doc_id)] = case
         return case
 
     def get_case(self, number: str) -> Case | None:
         """The case for an invoice number, or None."""
-        raw = self._raw_case(number)
-        return None if raw is None else self._decode_case(number, raw)
+        doc_id = self._s.case_ids.get(number)
+        if doc_id is None:
+            return None
+        return self._decoded(doc_id, self._s.tables[_CASES][str(doc_id)])
 
     def cases(self) -> dict[str, Case]:
         """Every stored case by invoice number, in the order they were first stored (a new
         dict the caller may change)."""
         table = self._s.tables.get(_CASES, {})
-        decoded = self._s.decoded
-        return {
-            number: decoded.get(number) or self._decode_case(number, table[str(doc_id)])
-            for number, doc_id in self._s.case_ids.items()
-        }
+        return {number: self._decoded(doc_id, table[str(doc_id)])
+                for number, doc_id in self._s.case_ids.items()}
 
     def find_cases_by_message_id(self, message_id: str) -> list[Case]:
         """All cases whose thread holds this Message-ID (one mail may carry two invoices)."""
@@ -790,7 +814,7 @@ class Transaction(StateView):
             self._owned.add(name)
         return getattr(self._s, name)
 
-    def _write_doc(self, table: str, doc_id: int, doc: dict[str, Any]) -> None:
+    def _write_doc(self, table: str, doc_id: int, doc: dict[str, Any] | Case) -> None:
         """Put one whole document: O(1), and remembered for the commit's log line."""
         tables = self._own("tables")
         key = f"table:{table}"
@@ -808,9 +832,9 @@ class Transaction(StateView):
 
     def put_case(self, case: Case) -> None:
         """Insert or replace the case stored under `case.number`; a no-op if unchanged."""
-        doc = case_to_doc(case)
-        old = self._raw_case(case.number)
-        if old == doc:
+        old = self._case_entry(case.number)
+        if old is not None and (old == case if isinstance(old, Case)
+                                else old == case_to_doc(case)):
             return
         doc_id = self._s.case_ids.get(case.number)
         if doc_id is None:
@@ -818,9 +842,8 @@ class Transaction(StateView):
             self._own("case_ids")[case.number] = doc_id
         for name, keys_of in _INDEXES:
             _reindex(self._own(name), case.number, [] if old is None else keys_of(old),
-                     keys_of(doc))
-        self._write_doc(_CASES, doc_id, doc)
-        self._own("decoded")[case.number] = case
+                     keys_of(case))
+        self._write_doc(_CASES, doc_id, case)
 
     def set_cursor(self, cursor: Cursor) -> None:
         """Insert or replace the cursor of `cursor.folder`."""
@@ -917,11 +940,6 @@ class Transaction(StateView):
         return {table: {doc_id: tables[table][doc_id] for doc_id in ids}
                 for table, ids in self._dirty.items()}
 
-    def _data_to_commit(self) -> dict[str, dict[str, Any]]:
-        """Every table as it will be after the commit (for a full snapshot)."""
-        self._changes()
-        return self._s.tables
-
     def _close(self) -> _Snapshot:
         """End the transaction: its snapshot becomes shared, so no write may follow."""
         self._closed = True
@@ -974,7 +992,8 @@ class LogRead:
 def encode_log_line(seq: int, changes: Mapping[str, Any]) -> bytes:
     """`CRC32<TAB>SEQ<TAB>JSON\\n`: the checksum covers the seq and the documents, so a
     line half on disk after a crash is told from a whole one."""
-    body = f"{seq}\t{json.dumps(changes, ensure_ascii=False, separators=(',', ':'))}"
+    text = json.dumps(changes, ensure_ascii=False, separators=(",", ":"), default=_entry_to_doc)
+    body = f"{seq}\t{text}"
     encoded = body.encode("utf-8")
     return b"%08x\t%s\n" % (zlib.crc32(encoded), encoded)
 
@@ -1123,7 +1142,7 @@ class StateStore:
         self.log_path = self.state_dir / LOG_FILE
         self.lock_path = self.state_dir / LOCK_FILE
         self.daemon_lock_path = self.state_dir / DAEMON_LOCK_FILE
-        self._storage = AtomicJSONStorage(self.path)
+        self._storage = AtomicJSONStorage(self.path, default=_entry_to_doc)
         self._log = StateLog(self.log_path)
         self._cache: _Cached | None = None
         self._swept_temps = False

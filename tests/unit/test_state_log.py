@@ -17,6 +17,7 @@ from relance.store.state import (
     StateCorrupt,
     StateLog,
     StateStore,
+    _entry_to_doc,
     encode_log_line,
 )
 from tests.unit.test_state import AT, bare_case, make_case
@@ -102,6 +103,11 @@ def test_cache_is_reloaded_after_a_compaction_elsewhere(tmp_path: Path, monkeypa
         assert sorted(view.cases()) == ["F1", "F2"]
 
 
+def tables_text(cached: Any) -> str:
+    """The cached tables as JSON (decoded cases written as their documents)."""
+    return json.dumps(cached.snapshot.tables, sort_keys=True, default=_entry_to_doc)
+
+
 def test_transaction_that_raises_leaves_files_and_cache_alone(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     with store.transaction() as tx:
@@ -111,7 +117,7 @@ def test_transaction_that_raises_leaves_files_and_cache_alone(tmp_path: Path) ->
     before_files = files_of(tmp_path)
     cached = store._cache
     assert cached is not None
-    tables_before = json.dumps(cached.snapshot.tables, sort_keys=True)
+    tables_before = tables_text(cached)
     index_before = dict(cached.snapshot.by_message_id)
 
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
@@ -124,7 +130,7 @@ def test_transaction_that_raises_leaves_files_and_cache_alone(tmp_path: Path) ->
 
     assert files_of(tmp_path) == before_files
     assert store._cache is cached
-    assert json.dumps(cached.snapshot.tables, sort_keys=True) == tables_before
+    assert tables_text(cached) == tables_before
     assert cached.snapshot.by_message_id == index_before
     with store.reading() as view:
         assert view.get_case("F1") == make_case("F1")
