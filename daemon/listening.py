@@ -271,10 +271,12 @@ class Listening:
         local = now.astimezone(self.config.tz)
         if not digest_due(local, last, rules.digest.day, rules.digest.hour):
             return
+        paid_events = ("owner-paid", "payment-matched")
         paid_numbers = {
-            e.get("case") for e in self.journal.entries()
-            if e.get("event") in ("owner-paid", "payment-matched")
-            and (last is None or datetime.fromisoformat(e["at"]) > last)
+            number for number in self.journal.cases_with(paid_events)
+            if any(e.get("event") in paid_events
+                   and (last is None or datetime.fromisoformat(e["at"]) > last)
+                   for e in self.journal.entries(number))
         }
         paid_since = [c for c in cases.values()
                       if c.number in paid_numbers and c.state is CaseState.PAID]

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -182,6 +182,14 @@ class Journal:
         without reading every entry again."""
         self._refresh_index()
         return {case: [event for _o, _l, event in found] for case, found in self._index.items()}
+
+    def cases_with(self, events: Collection[str]) -> list[str]:
+        """The cases that have an entry of one of these `events`, from the index: the
+        weekly digest asks which invoices were paid, and parsing every line of a 100k
+        first read's journal for that was the peak of its memory."""
+        self._refresh_index()
+        return [case for case, found in self._index.items()
+                if any(event in events for _o, _l, event in found)]
 
     def _entries_of(self, case: str) -> Iterator[dict[str, Any]]:
         self._refresh_index()

@@ -479,3 +479,19 @@ def test_python_m_relance_without_config_exits_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "relance.toml" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_weekly_digest_lists_what_was_paid_since_the_last_one(
+    chased: Office, relance: Relance
+) -> None:
+    """`relance paid` on Thursday 14 May: the digest of Monday 18 May lists the invoice
+    as paid since the last digest (sent with the reminder of Tuesday 12 May), which did
+    not."""
+    status, _out, _err = relance("paid", NUMBER, "--now", at(date(2026, 5, 14)).isoformat())
+    assert status == 0
+    chased.on(date(2026, 5, 18))
+    digests = [m for m in chased.messages(chased.owner) if m["X-Relance-Notice"] == "digest"]
+    by_day = {sent_on(m).date(): text_of(m) for m in digests}
+    assert "Réglées depuis le dernier point (1)" in by_day[date(2026, 5, 18)]
+    assert NUMBER in by_day[date(2026, 5, 18)]
+    assert "Réglées" not in by_day[REMINDER_1]

@@ -60,6 +60,16 @@ def test_entries_of_one_case(tmp_path: Path) -> None:
     assert len(list(journal.entries())) == 4
 
 
+def test_cases_with_an_event_come_from_the_index(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for number, event in (("F1", "invoice-found"), ("F2", "owner-paid"), ("F3", "noticed"),
+                          ("F1", "payment-matched"), (None, "owner-paid")):
+        journal.append(event, at=AT, case=number)
+    assert journal.cases_with(("owner-paid", "payment-matched")) == ["F1", "F2"]
+    journal.append("owner-paid", at=AT, case="F3")  # appended since: seen
+    assert journal.cases_with({"owner-paid"}) == ["F2", "F3"]
+
+
 def test_each_entry_is_one_write_and_one_line(tmp_path: Path, monkeypatch) -> None:
     writes: list[bytes] = []
     real_write = os.write
