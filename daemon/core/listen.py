@@ -967,15 +967,23 @@ def digest_due(
 _DIGEST_WORDS = {
     "fr": {"nothing": "Rien en cours.", "owed": "Restant dû", "not_yet_due": "Pas encore échues",
            "late": "En retard de {bucket} jours", "paid": "Réglées depuis le dernier point",
-           "paused": "En pause", "owner": "Attendent votre action", "days": "j"},
+           "paused": "En pause", "owner": "Attendent votre action", "days": "j",
+           "more": "  … et {count} autres : `relance status` les liste toutes"},
     "en": {"nothing": "Nothing open.", "owed": "Outstanding", "not_yet_due": "Not yet due",
            "late": "{bucket} days late", "paid": "Paid since the last digest",
-           "paused": "Paused", "owner": "Waiting for you", "days": "d"},
+           "paused": "Paused", "owner": "Waiting for you", "days": "d",
+           "more": "  … and {count} more: `relance status` lists them all"},
 }  # fmt: skip
 
 
+# A digest is read on a phone: each section names its first invoices (the latest first, or
+# the soonest due) and counts the rest; a first read of years of mail opened 10k at once.
+DIGEST_SECTION_LINES = 25
+
+
 def format_digest(summary: Digest, language: str = "fr") -> str:
-    """The digest as plain text, one section per group, one line per invoice."""
+    """The digest as plain text, one section per group, one line per invoice, at most
+    `DIGEST_SECTION_LINES` per section."""
     words = _DIGEST_WORDS["en" if language.lower().startswith("en") else "fr"]
 
     def line(item: DigestLine) -> str:
@@ -996,5 +1004,8 @@ def format_digest(summary: Digest, language: str = "fr") -> str:
                  (words["paid"], summary.paid)]
     for title, lines in sections:
         if lines:
-            out += ["", f"{title} ({len(lines)})", *(line(item) for item in lines)]
+            out += ["", f"{title} ({len(lines)})",
+                    *(line(item) for item in lines[:DIGEST_SECTION_LINES])]
+            if len(lines) > DIGEST_SECTION_LINES:
+                out.append(words["more"].format(count=len(lines) - DIGEST_SECTION_LINES))
     return "\n".join(out) if out else words["nothing"]

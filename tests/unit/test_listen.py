@@ -23,6 +23,7 @@ from relance.core.listen import (
     Trust,
     digest,
     digest_due,
+    format_digest,
     known_numbers_in,
     match_payment,
     money_text,
@@ -1246,6 +1247,22 @@ def test_digest_tells_what_is_paused_paid_and_needs_the_owner() -> None:
     letter_bucket = dict(result.late)["61-90"]
     assert [line.number for line in letter_bucket] == ["F-letter"]
     assert not result.empty
+
+
+@pytest.mark.parametrize(("language", "more"), [
+    ("fr", "  … et 5 autres : `relance status` les liste toutes"),
+    ("en", "  … and 5 more: `relance status` lists them all"),
+])
+def test_digest_names_the_first_invoices_of_a_section_and_counts_the_rest(
+    language: str, more: str
+) -> None:
+    cases = [aged(f"F-{n:02d}", -n) for n in range(1, 31)]  # 30 not yet due
+    text = format_digest(digest(cases, NOW, paid_since=[]), language)
+    lines = text.splitlines()
+    assert any(line.endswith("(30)") for line in lines)
+    listed = [line.split()[1] for line in lines if line.startswith("  - ")]
+    assert listed == [f"F-{n:02d}" for n in range(1, 26)]  # the soonest due first
+    assert lines[-1] == more
 
 
 def test_digest_of_nothing_is_empty() -> None:
