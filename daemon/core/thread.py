@@ -14,11 +14,15 @@ from relance.model import Case, Mail
 
 
 def thread_index(cases: Iterable[Case]) -> dict[str, tuple[str, ...]]:
-    """Message-ID → case numbers, for every message known in every case's thread (one
-    reminder may list several invoices of a client, so one id may lead to several)."""
+    """Message-ID → case numbers, for every message known in every case's thread, our
+    reminders included (one reminder may list several invoices of a client, so one id may
+    lead to several)."""
     index: dict[str, tuple[str, ...]] = {}
     for case in cases:
-        for message_id in (case.root_message_id, *case.thread_ids):
+        steps = (step.message_id for step in case.steps)
+        for message_id in dict.fromkeys((case.root_message_id, *case.thread_ids, *steps)):
+            if not message_id:
+                continue
             known = index.get(message_id, ())
             if case.number not in known:
                 index[message_id] = (*known, case.number)

@@ -503,29 +503,19 @@ def _entry_to_doc(value: Any) -> dict[str, Any]:
     raise TypeError(f"cannot write {type(value).__name__} to the state")
 
 
-def _root_and_thread(entry: CaseEntry) -> list[str]:
-    if isinstance(entry, Case):
-        return [entry.root_message_id, *entry.thread_ids]
-    return [entry["root_message_id"], *entry.get("thread_ids", ())]
-
-
 def _case_message_ids(entry: CaseEntry) -> list[str]:
     """Every Message-ID that belongs to a case's thread: the invoice, the thread, our steps.
 
     The invoice's own References are left out: they name earlier mail (a quote, another
     invoice) that is not this case's.
     """
-    ids = _root_and_thread(entry)
     if isinstance(entry, Case):
-        ids.extend(step.message_id for step in entry.steps)
+        ids = [entry.root_message_id, *entry.thread_ids,
+               *(step.message_id for step in entry.steps)]
     else:
-        ids.extend(step["message_id"] for step in entry.get("steps", ()))
+        ids = [entry["root_message_id"], *entry.get("thread_ids", ()),
+               *(step["message_id"] for step in entry.get("steps", ()))]
     return list(dict.fromkeys(i for i in ids if i))
-
-
-def _thread_message_ids(entry: CaseEntry) -> list[str]:
-    """The ids `core.thread.thread_index` files a case under: the invoice and its thread."""
-    return list(dict.fromkeys(_root_and_thread(entry)))
 
 
 def _address_keys(entry: CaseEntry) -> list[str]:
@@ -541,9 +531,10 @@ def _address_keys(entry: CaseEntry) -> list[str]:
 # --- snapshots in memory ---------------------------------------------------------------
 
 Index = dict[str, tuple[str, ...]]
+# One Message-ID index serves both the thread lookups of a batch (`index`) and
+# `find_cases_by_message_id`: a second index of the same ids was 6 MB at 100k messages.
 _INDEXES: tuple[tuple[str, Callable[[CaseEntry], list[str]]], ...] = (
-    ("by_message_id", _case_message_ids),
-    ("thread_index", _thread_message_ids),
+    ("thread_index", _case_message_ids),
     ("by_address", _address_keys),
 )
 
@@ -560,7 +551,6 @@ class _Snapshot:
 
     __slots__ = (
         "by_address",
-        "by_message_id",
         "case_ids",
         "cursor_ids",
         "next_ids",
@@ -574,7 +564,6 @@ class _Snapshot:
     cursor_ids: dict[str, int]
     send_ids: dict[str, int]
     next_ids: dict[str, int]
-    by_message_id: Index
     thread_index: Index
     by_address: Index
 
@@ -679,7 +668,7 @@ class StateView:
 
     def find_cases_by_message_id(self, message_id: str) -> list[Case]:
         """All cases whose thread holds this Message-ID (one mail may carry two invoices)."""
-        return [c for n in self._s.by_message_id.get(message_id, ()) if (c := self.get_case(n))]
+        return [c for n in self._s.thread_index.get(message_id, ()) if (c := self.get_case(n))]
 
     def find_case_by_message_id(self, message_id: str) -> Case | None:
         """The first stored case whose thread holds this Message-ID, or None."""
@@ -688,7 +677,7 @@ class StateView:
 
     def thread_index(self) -> Mapping[str, tuple[str, ...]]:
         """Message-ID → case numbers, as `core.thread.thread_index` would build it from
-        every case (the invoice and the thread ids), kept up to date instead of rebuilt."""
+        every case (the invoice, the thread, our steps), kept up to date, not rebuilt."""
         return MappingProxyType(self._s.thread_index)
 
     @property

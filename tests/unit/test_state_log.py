@@ -118,7 +118,7 @@ def test_transaction_that_raises_leaves_files_and_cache_alone(tmp_path: Path) ->
     cached = store._cache
     assert cached is not None
     tables_before = tables_text(cached)
-    index_before = dict(cached.snapshot.by_message_id)
+    index_before = dict(cached.snapshot.thread_index)
 
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
         tx.put_case(make_case("F1", state=CaseState.STOPPED,
@@ -131,7 +131,7 @@ def test_transaction_that_raises_leaves_files_and_cache_alone(tmp_path: Path) ->
     assert files_of(tmp_path) == before_files
     assert store._cache is cached
     assert tables_text(cached) == tables_before
-    assert cached.snapshot.by_message_id == index_before
+    assert cached.snapshot.thread_index == index_before
     with store.reading() as view:
         assert view.get_case("F1") == make_case("F1")
         assert view.get_case("F2") is None
