@@ -154,10 +154,10 @@ def test_plan_batches_bounds_count_and_bytes(
     assert plan_batches(sized, **limits) == expected
 
 
-def test_default_batches_stay_within_two_hundred_messages_and_twenty_megabytes() -> None:
+def test_default_batches_stay_within_two_hundred_messages_and_four_megabytes() -> None:
     batches = plan_batches([(uid, 150_000) for uid in range(1, 1001)])
     assert all(len(b) <= 200 for b in batches)
-    assert all(len(b) * 150_000 <= 20 * 1024 * 1024 for b in batches)
+    assert all(len(b) * 150_000 <= 4 * 1024 * 1024 for b in batches)
     assert [uid for b in batches for uid in b] == list(range(1, 1001))
 
 
