@@ -85,6 +85,13 @@ def rows() -> list[list[str]]:
                 f"{more}{r['ratio']:.0f}x", "≤ 3x at 100k" + (
                     f": {_mark(r['ratio'] <= 3)}" if r["size"] >= 100_000 else ""),
                 str(r["runs"]), sync["command"]])
+            if "header_phase_median_s" in r:
+                out.append([
+                    "1 initial sync: header phase", f"{size_label(r['size'])} msgs",
+                    f"{_s(r['header_phase_median_s'])} (the pass less "
+                    f"{_s(r['body_median_s'])} reading {r['bodies_read']} whole messages)",
+                    f"raw imaplib {_s(r['raw_median_s'])}",
+                    f"{r['header_phase_ratio']:.1f}x", "", str(r["runs"]), sync["command"]])
     restart = load_results("restart")
     if restart:
         out.append([

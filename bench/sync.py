@@ -106,6 +106,33 @@ def apply_what_ifs(names: list[str]) -> None:
             **{**vars(os), "fsync": lambda fd: None})
 
 
+def time_body_reading() -> dict[str, float]:
+    """Measure, without changing it, the part of a pass spent on whole messages: fetching
+    and parsing a body (`Sync._full`), reading an invoice's PDF and text
+    (`extract_invoices_with_notes`) and an answer's words and DKIM (`_reading_of`). The
+    rest of the pass is the header phase: fetching and reading headers, deciding, the state
+    and the journal; it is what compares with the raw header fetch."""
+    from relance import intake, listening, sync
+
+    spent = {"seconds": 0.0, "calls": 0}
+
+    def timed(function: Any, count: bool = False) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - started
+                spent["calls"] += count
+        return wrapper
+
+    sync.Sync._full = timed(sync.Sync._full, count=True)  # type: ignore[method-assign]
+    intake.extract_invoices_with_notes = timed(intake.extract_invoices_with_notes)
+    listening.Listening._reading_of = timed(  # type: ignore[method-assign]
+        listening.Listening._reading_of)
+    return spent
+
+
 def relance_pass_child(config: Path, now: str, profile: Path | None,
                        what_ifs: list[str] | None = None) -> dict[str, Any]:
     """In the child: one `run_pass` on the config's (fresh or kept) state, measured."""
@@ -116,6 +143,7 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
 
     quiet_logs()
     apply_what_ifs(what_ifs or [])
+    reading = time_body_reading()
     daemon = new_daemon(config)
     instant = datetime.fromisoformat(now)
     profiler = None
@@ -144,6 +172,8 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
 
     return {
         "seconds": seconds,
+        "body_seconds": reading["seconds"],
+        "bodies_read": reading["calls"],
         "connect_seconds": connected - started,
         "peak_rss_mb": vm_hwm_mb(),
         "cases": len(cases),
@@ -192,6 +222,7 @@ def _timed_out(child: subprocess.Popen[bytes], config: Path, seconds: float) -> 
                 name = str(json.loads(line)["event"])
                 events[name] = events.get(name, 0) + 1
     return {"seconds": seconds, "timed_out": True, "connect_seconds": float("nan"),
+            "body_seconds": float("nan"), "bodies_read": 0,
             "peak_rss_mb": peak, "cases": events.get("invoice-found", 0), "open_cases": None,
             "state_bytes": None, "events": events}
 
@@ -239,12 +270,14 @@ def measure(dovecot: Any, size: int, runs: int, *, profile: bool = False,
         result = run_relance_pass(config, profile=prof, what_ifs=what_ifs, timeout=timeout)
         relance_runs.append(result)
         print(f"[sync {size_label(size)}] run {run + 1}/{runs}: indexed in "
-              f"{index_times[-1]:.1f} s; raw {seconds:.2f} s, relance {result['seconds']:.2f} s, "
+              f"{index_times[-1]:.1f} s; raw {seconds:.2f} s, relance {result['seconds']:.2f} s "
+              f"(bodies {result['body_seconds']:.2f} s), "
               f"peak {result['peak_rss_mb']:.0f} MB, cases {result['cases']} "
               f"({result['open_cases']} open)", file=sys.stderr)
         if not (keep_last and run == runs - 1):
             shutil.rmtree(config.parent, ignore_errors=True)
     relance_s = median([r["seconds"] for r in relance_runs])
+    header_s = median([r["seconds"] - r["body_seconds"] for r in relance_runs])
     raw_s = median(raw_times)
     return {
         "size": size,
@@ -259,6 +292,10 @@ def measure(dovecot: Any, size: int, runs: int, *, profile: bool = False,
         "relance_seconds": [r["seconds"] for r in relance_runs],
         "relance_median_s": relance_s,
         "ratio": relance_s / raw_s,
+        "header_phase_median_s": header_s,
+        "header_phase_ratio": header_s / raw_s,
+        "body_median_s": median([r["body_seconds"] for r in relance_runs]),
+        "bodies_read": relance_runs[-1]["bodies_read"],
         "peak_rss_mb": [r["peak_rss_mb"] for r in relance_runs],
         "peak_rss_median_mb": median([r["peak_rss_mb"] for r in relance_runs]),
         "cases": relance_runs[-1]["cases"],
