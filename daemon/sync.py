@@ -320,9 +320,15 @@ class Sync:
             # every open invoice of that client (they answered "the" reminder).
             # The subject is the thread's: only what the client wrote names an invoice.
             named = known_numbers_in(new_part(full.text), [c.number for c in theirs])
-            # The thread's own invoices first: the notice is about them.
-            numbers = named or ([*numbers, *sorted({c.number for c in theirs} - set(numbers))]
-                                if numbers else [])
+            if named or self._is_history(full):
+                # An answer found as history on a first read is about its own thread: it
+                # says nothing of the client's other invoices, and spreading each of
+                # years of answers over every open invoice of its client grew with the
+                # square of the mailbox (40k entries at 100k messages).
+                numbers = named or numbers
+            elif numbers:
+                # The thread's own invoices first: the notice is about them.
+                numbers = [*numbers, *sorted({c.number for c in theirs} - set(numbers))]
         paused: list[Case] = []
         for number in numbers:
             case = tx.get_case(number)
@@ -350,12 +356,16 @@ class Sync:
     def _to_clients(self, mail: Mail) -> bool:
         return bool(self.rt.firm.outsiders(mail.recipients))
 
+    def _is_history(self, mail: Mail) -> bool:
+        """On a first read, an answer older than `HISTORY_AGE`: summed up, not told."""
+        quiet_before = self._quiet_before
+        return quiet_before is not None and mail.date is not None and mail.date < quiet_before
+
     def _tell(self, notices: list[Notice], mail: Mail, notice: Notice) -> None:
         """A notice about a client's answer: held for the first read's summary when the
         answer is history (older than `HISTORY_AGE`), otherwise told on its own."""
-        quiet_before, held = self._quiet_before, self._held
-        if (quiet_before is not None and held is not None and mail.date is not None
-                and mail.date < quiet_before):
+        held = self._held
+        if held is not None and self._is_history(mail):
             held.append((notice.kind, notice.case.number if notice.case else None))
         else:
             notices.append(notice)

@@ -199,3 +199,27 @@ def test_first_read_adopts_old_invoices_from_headers_and_ignores_mail_older_than
     assert office.case("F-2026-0031").state is CaseState.CHASING  # not paused by the earlier mail
     assert not [e for e in office.journal() if e["event"] == "client-replied"]
     assert sum(counting.body_fetches) == 1  # the new invoice alone
+
+
+def test_first_read_keeps_an_old_answer_to_its_own_thread(
+    office: Office, make_user,
+) -> None:
+    """An answer found as history (older than 14 days) on a first read is recorded on the
+    invoice whose thread it answers; the client's other open invoices are left alone. A
+    recent one still pauses them all (see the test above)."""
+    client = make_user("client")
+    first = invoice_mail("F-2026-0051", sender=office.sender, client=client.address,
+                         issued=date(2026, 10, 1), due=date(2026, 10, 31))
+    second = invoice_mail("F-2026-0052", sender=office.sender, client=client.address,
+                          issued=date(2026, 10, 2), due=date(2026, 11, 1))
+    office.append("Sent", first)
+    office.append("Sent", second)
+    office.append("INBOX", message(
+        client.address, office.firm.address, f"Re: {first['Subject']}",
+        "Bonjour, nous regardons.", at(date(2026, 10, 6), 11),
+        In_Reply_To=str(first["Message-ID"]), References=str(first["Message-ID"])))
+    office.pass_at(at(date(2026, 11, 30)))
+    replied = [e["case"] for e in office.journal() if e["event"] == "client-replied"]
+    assert replied == ["F-2026-0051"]
+    assert office.case("F-2026-0051").state is CaseState.PAUSED
+    assert office.case("F-2026-0052").state is not CaseState.PAUSED
