@@ -120,13 +120,16 @@ class Journal:
         entry = {"at": at, "case": case, "event": event, **details}
         line = json.dumps(entry, default=_encode_default, ensure_ascii=False)
         data = (line + "\n").encode("utf-8")
-        created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # The lock makes the torn-line check exact: without it, fstat may see another
             # process's append half-way and add a needless empty line.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if not created and _ends_torn(fd):
+            size = os.fstat(fd).st_size
+            # An empty file may be one this call created: its directory entry is synced
+            # (once more than needed if it was already there, empty).
+            created = size == 0
+            if size and os.pread(fd, 1, size - 1) != b"\n":
                 # A crash left half a line; start ours on a fresh line so it stays whole.
                 data = b"\n" + data
             written = os.write(fd, data)
@@ -238,9 +241,3 @@ def _index_line(index: dict[str, list[tuple[int, int, str]]], raw: bytes, offset
         # Event names interned: a few dozen kinds, repeated on every line.
         index.setdefault(entry["case"], []).append(
             (offset, len(raw), sys.intern(str(entry["event"]))))
-
-
-def _ends_torn(fd: int) -> bool:
-    """Whether the file's last byte is not a newline (a line left half-written)."""
-    size = os.fstat(fd).st_size
-    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
