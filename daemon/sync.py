@@ -53,7 +53,7 @@ def history_invoice(head: Mail, history_before: datetime | None) -> InvoiceFacts
     """An invoice the firm sent before `history_before` (the rules' `adopt_max_age` ago)
     whose subject names it: adopted as history from its headers alone, its body never
     fetched. It will not be chased, so its amount and due date are not worth a PDF read
-    (a third of a first read's invoices, years of them)."""
+    (on a first read, years of them)."""
     if history_before is None or head.date is None or head.date >= history_before:
         return None
     return invoice_named_by_headers(head)
