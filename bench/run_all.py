@@ -21,7 +21,8 @@ from bench import REPO_ROOT, load_results, machine, median, size_label
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 PLOT = REPO_ROOT / "docs" / "benchmarks.png"
 MARKER = "<!-- findings -->"
-RESULT_NAMES = ("sync", "restart", "reply_latency", "state_cost", "memory", "peer_imapfilter")
+RESULT_NAMES = ("sync", "header_fetch", "restart", "reply_latency", "state_cost", "memory",
+                "peer_imapfilter")
 
 
 def run_step(module: str, *args: str) -> None:
@@ -32,7 +33,8 @@ def run_step(module: str, *args: str) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
 
-STEPS = ("sync", "restart", "reply_latency", "state_cost", "memory", "peer_imapfilter")
+STEPS = ("sync", "header_fetch", "restart", "reply_latency", "state_cost", "memory",
+         "peer_imapfilter")
 
 
 def run_everything(quick: bool, start_at: str = "sync") -> None:
@@ -48,6 +50,7 @@ def run_everything(quick: bool, start_at: str = "sync") -> None:
     run("sync", "--sizes", *sizes, "--runs", "2" if quick else "3",
         "--runs-100k", "1" if quick else "3",
         "--timeout", "1200")
+    run("header_fetch", "--size", "10k" if quick else "100k", "--runs", "3")
     run("restart", "--size", "10k" if quick else "100k", "--runs", "5")
     run("reply_latency", "--replies", "20" if quick else "50")
     run("state_cost", "--cases", "1000", "10000", "--runs", "5" if quick else "7")
@@ -92,6 +95,15 @@ def rows() -> list[list[str]]:
                     f"{_s(r['body_median_s'])} reading {r['bodies_read']} whole messages)",
                     f"raw imaplib {_s(r['raw_median_s'])}",
                     f"{r['header_phase_ratio']:.1f}x", "", str(r["runs"]), sync["command"]])
+    headers = load_results("header_fetch")
+    if headers:
+        m = headers["median_s"]
+        out.append([
+            "1 header phase, its parts", f"{size_label(headers['size'])} msgs",
+            f"`fetch_headers` {_s(m['relance'])}; `parse_headers` {_s(m['parse'])} "
+            f"({headers['parse_us_per_message']:.0f} µs per message)",
+            f"raw imaplib {_s(m['raw'])}; imapclient {_s(m['imapclient'])}",
+            f"{m['relance'] / m['raw']:.1f}x", "", str(headers["runs"]), headers["command"]])
     restart = load_results("restart")
     if restart:
         out.append([
