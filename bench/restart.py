@@ -33,9 +33,11 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
     passes: list[float] = []
     processes: list[float] = []
     connects: list[float] = []
+    peaks: list[float] = []
     for _ in range(runs):
         result = run_relance_pass(config)
         passes.append(result["seconds"])
+        peaks.append(result["peak_rss_mb"])
         connects.append(result["connect_seconds"])
         started = time.perf_counter()
         done = subprocess.run(
@@ -50,6 +52,7 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
         "pass_seconds": passes,
         "pass_median_s": median(passes),
         "connect_median_s": median(connects),
+        "peak_rss_median_mb": median(peaks),
         "process_seconds": processes,
         "process_median_s": median(processes),
         "cases": result["cases"],
@@ -58,12 +61,13 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def seeded_home(dovecot: Any, size: int, cases: int) -> Path:
+def seeded_home(dovecot: Any, size: int, cases: int, closed: int = 0) -> Path:
     """A mailbox of `size` messages and the state a first pass would leave on it:
-    `cases` open cases, every folder read to its end. Returns the relance.toml."""
+    `cases` open cases (and `closed` paid ones, years of them), every folder read to its
+    end. Returns the relance.toml."""
     from bench import new_daemon, quiet_logs
     from bench.mailbox_gen import install, warm
-    from bench.state_cost import seed_state, synthetic_cases
+    from bench.state_cost import closed_cases, seed_state, synthetic_cases
     from bench.sync import fresh_office
     from relance.mailbox.imap import Mailbox
     from relance.store.state import Cursor
@@ -75,7 +79,7 @@ def seeded_home(dovecot: Any, size: int, cases: int) -> Path:
     homes.mkdir(parents=True, exist_ok=True)
     config = fresh_office(dovecot, user, homes, f"restart-{size_label(size)}")
     daemon = new_daemon(config)
-    seed_state(daemon, synthetic_cases(cases))
+    seed_state(daemon, synthetic_cases(cases) + closed_cases(closed))
     with Mailbox(daemon.config.imap) as mailbox:
         with daemon.store.transaction() as tx:
             for folder in (mailbox.sent_folder(), "INBOX"):
@@ -91,6 +95,9 @@ def main() -> None:
     parser.add_argument("--size", default="100k")
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--closed", type=int, default=0,
+                        help="paid cases in the state besides the open ones (years of a "
+                             "firm's life); results go to restart-closed.json")
     parser.add_argument("--real-first-pass", action="store_true")
     args = parser.parse_args()
     from tests.mailservers import Dovecot
@@ -103,12 +110,16 @@ def main() -> None:
             config = Path(first["last_home"]) / "relance.toml"
             extra["first_pass"] = public(first)
         else:
-            config = seeded_home(dovecot, size, args.cases)
-            extra["state"] = f"seeded: {args.cases} open cases, cursors at the last UID"
+            config = seeded_home(dovecot, size, args.cases, args.closed)
+            extra["state"] = (f"seeded: {args.cases} open cases, {args.closed} closed, "
+                              "cursors at the last UID")
+            extra["closed_cases"] = args.closed
         result = measure_restart(config, args.runs)
     print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s, "
-          f"process {result['process_median_s']:.2f} s ({result['open_cases']} open cases)")
-    save_results("restart", "python -m bench.restart " + " ".join(sys.argv[1:]),
+          f"process {result['process_median_s']:.2f} s, peak {result['peak_rss_median_mb']:.0f}"
+          f" MB ({result['open_cases']} open cases of {result['cases']})")
+    save_results("restart-closed" if args.closed else "restart",
+                 "python -m bench.restart " + " ".join(sys.argv[1:]),
                  {"size": size, **extra, **result})
 
 

@@ -74,6 +74,26 @@ def synthetic_cases(count: int, seed: int = 7) -> list[Any]:
     return cases
 
 
+def closed_cases(count: int, seed: int = 11) -> list[Any]:
+    """`count` closed cases as years of a firm's life leave them: paid after four sent
+    steps, their reminders in their threads (numbers and Message-IDs apart from
+    `synthetic_cases`'s)."""
+    from relance.model import CaseState, StepRecord
+
+    closed = []
+    for case in synthetic_cases(count, seed=seed):
+        steps = tuple(
+            StepRecord(i, f"step-{i}", NOW - timedelta(days=400 - 10 * i),
+                       f"<relance-{case.number}-{i}@{FIRM_DOMAIN}>", "sent")
+            for i in range(1, 5))
+        closed.append(dataclasses.replace(
+            case, number=f"{case.number}-P", root_message_id=f"<paid-{case.invoice_uid:06d}"
+            f"@{FIRM_DOMAIN}>", state=CaseState.PAID, paid=case.amount, steps=steps,
+            thread_ids=(*case.thread_ids, *(step.message_id for step in steps)),
+            paused_until=None, reason="paid (owner)"))
+    return closed
+
+
 def seed_state(daemon: Any, cases: list[Any]) -> None:
     with daemon.store.transaction() as tx:
         for case in cases:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from relance.model import Case, CaseState, Decision, PlannedStep
+from relance.model import OPEN_STATES, Case, CaseState, Decision, PlannedStep
 from relance.rules.model import ClientProfile, Offset, Rules, Step
 
 # A year holds at least one business day unless the window allows no weekday at all; the
@@ -203,9 +203,11 @@ def client_key(case: Case) -> str:
 
 
 def with_client_contacts(cases: Iterable[Case]) -> list[Case]:
-    """The cases, each with `last_contact_at` raised to the firm's latest mail to the same
-    client about any invoice: the minimum gap protects a client, not an invoice, so a
-    client with three open invoices never gets three reminders in one week."""
+    """The cases, each open one with `last_contact_at` raised to the firm's latest mail to
+    the same client about any invoice, closed ones included: the minimum gap protects a
+    client, not an invoice, so a client with three open invoices never gets three
+    reminders in one week. A closed case is passed as it is: nothing is scheduled for it,
+    and copying each of years of them cost a restart more than its whole budget."""
     cases = list(cases)
     latest: dict[str, datetime] = {}
     for case in cases:
@@ -219,9 +221,11 @@ def with_client_contacts(cases: Iterable[Case]) -> list[Case]:
                 latest[key] = newest
     out = []
     for case in cases:
-        newest = latest.get(client_key(case))
-        if newest is not None and (case.last_contact_at is None or newest > case.last_contact_at):
-            case = replace(case, last_contact_at=newest)
+        if case.state in OPEN_STATES:
+            newest = latest.get(client_key(case))
+            if newest is not None and (case.last_contact_at is None
+                                       or newest > case.last_contact_at):
+                case = replace(case, last_contact_at=newest)
         out.append(case)
     return out
 

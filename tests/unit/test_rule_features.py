@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -91,6 +92,19 @@ def test_other_clients_do_not_share_a_gap() -> None:
                                                         "<a2@firm.fr>", "sent"),))
     b = case("B", date(2026, 11, 5), client="ap@other.fr")
     assert with_client_contacts([a, b])[1].last_contact_at is None
+
+
+def test_a_closed_invoice_counts_as_a_contact_but_is_passed_as_it_is() -> None:
+    r = rules()
+    paid = dataclasses.replace(
+        case("A", date(2026, 10, 2), steps=(StepRecord(2, "reminder-1", at(date(2026, 11, 9)),
+                                                        "<a2@firm.fr>", "sent"),)),
+        state=CaseState.PAID)
+    b = case("B", date(2026, 11, 5))  # reminder-1 would be due Tue 10 Nov
+    effective = with_client_contacts([paid, b])
+    assert effective[0] is paid  # closed: not copied
+    assert effective[1].last_contact_at == at(date(2026, 11, 9))  # its mail still counts
+    assert due_decisions(effective, r, calendar(r), at(date(2026, 11, 10))) == []
 
 
 def test_two_invoices_of_one_client_fall_due_together() -> None:
