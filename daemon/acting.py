@@ -21,6 +21,7 @@ from relance.core import compose
 from relance.core.letter import formal_notice_for, late_penalties, render_formal_notice
 from relance.core.schedule import (
     client_key,
+    contact_window,
     current_instalment,
     due_decisions,
     step_for,
@@ -30,6 +31,7 @@ from relance.mailbox import smtp
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox
 from relance.mailbox.parse import ParseFailure, parse_message
 from relance.model import (
+    OPEN_STATES,
     Attachment,
     Case,
     CaseState,
@@ -50,8 +52,10 @@ class Acting:
     def act(self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]) -> None:
         """Carry out what is due: one mail per client, listing every invoice due."""
         with self.store.reading() as view:
-            cases = view.cases()
-        effective = with_client_contacts(cases.values())
+            cases = view.cases_in(OPEN_STATES)
+            # Closed cases only lend their recent mail to the per-client gap.
+            recent = view.closed_cases_since(now - contact_window(self.rt.rules))
+        effective = with_client_contacts([*cases.values(), *recent.values()])
         decisions = due_decisions(effective, self.rt.rules, self.rt.calendar, now)
         groups: dict[str, list[Decision]] = {}
         for decision in decisions:
@@ -337,9 +341,9 @@ class Acting:
         """Archive and seal every case that closed (paid, stopped, letter) with news since
         its last bundle: the evidence a lawyer needs, written as soon as it exists."""
         with self.store.reading() as view:
-            cases = view.cases()
-        if not any(c.state in SEAL_STATES for c in cases.values()):
-            return
+            if not view.any_case_in(SEAL_STATES):
+                return
+            cases = view.case_map()  # a case decoded only when the journal names it
         events = ({"case": number, "event": event}
                   for number, names in self.journal.events_by_case().items()
                   for event in names)

@@ -48,6 +48,7 @@ from relance.listening import Listening
 from relance.mailbox import smtp
 from relance.mailbox.imap import Mailbox
 from relance.model import (
+    OPEN_STATES,
     Attachment,
     Case,
     Firm,
@@ -344,7 +345,7 @@ class Daemon(Sync, Intake, Listening, Acting):
     def next_wake(self, now: datetime) -> datetime:
         """The earliest planned step (or a send window opening), for the idle timer."""
         with self.store.reading() as view:
-            cases = view.cases()
+            cases = view.cases_in(OPEN_STATES)
         planned = [p.at for c in cases.values()
                    if (p := plan_next(c, self.rt.rules, self.rt.calendar, now)) is not None]
         future = [at for at in planned if at > now]

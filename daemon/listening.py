@@ -266,11 +266,11 @@ class Listening:
             return
         with self.store.reading() as view:
             last_text = view.meta("last_digest_at")
-            cases = view.cases()
-        last = datetime.fromisoformat(last_text) if last_text else None
-        local = now.astimezone(self.config.tz)
-        if not digest_due(local, last, rules.digest.day, rules.digest.hour):
-            return
+            last = datetime.fromisoformat(last_text) if last_text else None
+            local = now.astimezone(self.config.tz)
+            if not digest_due(local, last, rules.digest.day, rules.digest.hour):
+                return
+            cases = view.cases()  # once a week: every case
         paid_events = ("owner-paid", "payment-matched")
         paid_numbers = {
             number for number in self.journal.cases_with(paid_events)

@@ -233,7 +233,7 @@ class Service:
         rt = self.daemon.rt
         try:
             with self.daemon.store.reading() as view:
-                cases = view.cases()
+                cases = view.cases_in(OPEN_STATES)
             text = status_line(cases.values(), rt.rules, rt.calendar,
                                now.astimezone(rt.config.tz), rt.config.mode)
         except Exception as exc:  # the status line is a courtesy; never fail a pass on it

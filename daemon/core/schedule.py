@@ -202,6 +202,13 @@ def client_key(case: Case) -> str:
     return min(case.client_addrs, default=case.number).lower()
 
 
+def contact_window(rules: Rules) -> timedelta:
+    """How far back a mail to a client can still hold its next reminder (`min_gap`, in
+    business days, bounded generously in calendar days: weekends, a fortnight of
+    holidays)."""
+    return timedelta(days=2 * rules.min_gap.days + 14)
+
+
 def with_client_contacts(cases: Iterable[Case]) -> list[Case]:
     """The cases, each open one with `last_contact_at` raised to the firm's latest mail to
     the same client about any invoice, closed ones included: the minimum gap protects a

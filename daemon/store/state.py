@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -659,6 +659,45 @@ class StateView:
             return None
         return self._decoded(doc_id, self._s.tables[_CASES][str(doc_id)])
 
+    def cases_in(self, states: Collection[CaseState]) -> dict[str, Case]:
+        """The cases in one of `states` by number, in the order they were first stored,
+        decoding only those: a pass asks for the open ones, and years of closed cases are
+        left as they are stored (decoding 10k of them cost a restart 0.44 s)."""
+        table = self._s.tables.get(_CASES, {})
+        wanted = {state.value for state in states}
+        found: dict[str, Case] = {}
+        for number, doc_id in self._s.case_ids.items():
+            entry = table[str(doc_id)]
+            state = _state_of(entry)
+            if state in wanted or state not in _KNOWN_STATES:  # a bad one: decoding says so
+                found[number] = self._decoded(doc_id, entry)
+        return found
+
+    def closed_cases_since(self, instant: datetime) -> dict[str, Case]:
+        """The cases not in OPEN_STATES with a step or a contact at or after `instant`,
+        decoding only those: the per-client gap still counts a reminder of last week
+        about an invoice paid since."""
+        table = self._s.tables.get(_CASES, {})
+        open_values = {state.value for state in OPEN_STATES}
+        found: dict[str, Case] = {}
+        for number, doc_id in self._s.case_ids.items():
+            entry = table[str(doc_id)]
+            state = _state_of(entry)
+            if state not in _KNOWN_STATES or (
+                    state not in open_values and _touched_since(entry, instant)):
+                found[number] = self._decoded(doc_id, entry)
+        return found
+
+    def any_case_in(self, states: Collection[CaseState]) -> bool:
+        """Whether some case is in one of `states`, without decoding any."""
+        wanted = {state.value for state in states}
+        table = self._s.tables.get(_CASES, {})
+        return any(_state_of(entry) in wanted for entry in table.values())
+
+    def case_map(self) -> Mapping[str, Case]:
+        """Every case by number, each decoded only when it is looked up."""
+        return _CaseMap(self)
+
     def cases(self) -> dict[str, Case]:
         """Every stored case by invoice number, in the order they were first stored (a new
         dict the caller may change)."""
@@ -754,6 +793,55 @@ def _reindex(index: Index, number: str, old: list[str], new: list[str]) -> None:
         known = index.get(key, ())
         if number not in known:
             index[key] = (*known, number)
+
+
+_KNOWN_STATES = frozenset(state.value for state in CaseState)
+
+
+def _state_of(entry: CaseEntry) -> str:
+    """A stored case's state as stored, read without decoding the case."""
+    if isinstance(entry, Case):
+        return CaseState(entry.state).value
+    return str(entry.get("state", CaseState.CHASING.value))
+
+
+def _touched_since(entry: CaseEntry, instant: datetime) -> bool:
+    """Whether a stored case has a step or a contact at or after `instant`. A document
+    whose instants do not read says yes: decoding it then reports the damage."""
+    if isinstance(entry, Case):
+        moments = [step.at for step in entry.steps]
+        if entry.last_contact_at is not None:
+            moments.append(entry.last_contact_at)
+        return any(moment >= instant for moment in moments)
+    try:
+        texts = [step["at"] for step in entry.get("steps", ())]
+        if entry.get("last_contact_at"):
+            texts.append(entry["last_contact_at"])
+        return any(_instant_from_str(text) >= instant for text in texts)
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+class _CaseMap(Mapping[str, Case]):
+    """Number → Case over a view, decoding a case only when it is asked for."""
+
+    def __init__(self, view: StateView) -> None:
+        self._view = view
+
+    def __getitem__(self, number: str) -> Case:
+        case = self._view.get_case(number)
+        if case is None:
+            raise KeyError(number)
+        return case
+
+    def __contains__(self, number: object) -> bool:
+        return number in self._view._s.case_ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view._s.case_ids)
+
+    def __len__(self) -> int:
+        return len(self._view._s.case_ids)
 
 
 class _LiveThreadIndex(Mapping[str, tuple[str, ...]]):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relance.model import Case, CaseState, StepRecord
+from relance.model import OPEN_STATES, Case, CaseState, StepRecord
 from relance.store import state as state_module
 from relance.store.state import (
     SCHEMA_VERSION,
@@ -551,3 +551,48 @@ def test_the_snapshot_is_written_a_document_at_a_time_as_one_dump_would_write_it
     AtomicJSONStorage(tmp_path / "s.json").write(data)
     written = (tmp_path / "s.json").read_bytes()
     assert written == json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_a_pass_decodes_only_the_cases_it_asks_for(tmp_path: Path, monkeypatch) -> None:
+    """Open cases, closed ones with recent mail, a lazy map: years of closed cases are
+    left as they are stored. The decoded values are those `cases()` gives."""
+    store = StateStore(tmp_path)
+    chasing = replace(make_case("F1"), state=CaseState.CHASING, paused_until=None)
+    paid_long_ago = replace(make_case("F2"), state=CaseState.PAID)  # contacts in 2025
+    paid_lately = replace(make_case("F3"), state=CaseState.PAID,
+                          last_contact_at=datetime(2026, 11, 20, 9, tzinfo=UTC))
+    with store.transaction() as tx:
+        for case in (chasing, paid_long_ago, paid_lately, bare_case("F4")):
+            tx.put_case(case)
+    from relance.store import state as state_module
+
+    decoded: list[str] = []
+    real = state_module.case_from_doc
+    monkeypatch.setattr(state_module, "case_from_doc",
+                        lambda doc: decoded.append(doc["number"]) or real(doc))
+    fresh = StateStore(tmp_path)  # documents as read from disk
+    with fresh.reading() as view:
+        assert list(view.cases_in(OPEN_STATES)) == ["F1", "F4"]
+        assert decoded == ["F1", "F4"]
+        since = datetime(2026, 11, 1, tzinfo=UTC)
+        assert list(view.closed_cases_since(since)) == ["F3"]
+        assert decoded == ["F1", "F4", "F3"]
+        assert view.any_case_in({CaseState.PAID}) and not view.any_case_in({CaseState.STOPPED})
+        lazy = view.case_map()
+        assert "F2" in lazy and len(lazy) == 4 and list(lazy) == ["F1", "F2", "F3", "F4"]
+        assert decoded == ["F1", "F4", "F3"]  # nothing decoded by looking
+        assert lazy["F2"] == paid_long_ago
+        assert view.cases() == {c.number: c for c in (chasing, paid_long_ago, paid_lately,
+                                                       bare_case("F4"))}
+    with pytest.raises(KeyError):
+        lazy["F9"]
+
+
+def test_a_case_with_an_unknown_state_is_reported_not_skipped(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        tx.put_case(make_case("F1"))
+    text = store.path.read_text().replace('"state":"paused"', '"state":"lost"')
+    store.path.write_text(text)
+    with pytest.raises(StateCorrupt, match="F1"), StateStore(tmp_path).reading() as view:
+        view.cases_in(OPEN_STATES)
