@@ -663,28 +663,26 @@ class StateView:
         """The cases in one of `states` by number, in the order they were first stored,
         decoding only those: a pass asks for the open ones, and years of closed cases are
         left as they are stored (decoding 10k of them cost a restart 0.44 s)."""
-        table = self._s.tables.get(_CASES, {})
         wanted = {state.value for state in states}
-        found: dict[str, Case] = {}
-        for number, doc_id in self._s.case_ids.items():
-            entry = table[str(doc_id)]
-            state = _state_of(entry)
-            if state in wanted or state not in _KNOWN_STATES:  # a bad one: decoding says so
-                found[number] = self._decoded(doc_id, entry)
-        return found
+        return self._decoded_where(lambda _entry, state: state in wanted)
 
     def closed_cases_since(self, instant: datetime) -> dict[str, Case]:
         """The cases not in OPEN_STATES with a step or a contact at or after `instant`,
         decoding only those: the per-client gap still counts a reminder of last week
         about an invoice paid since."""
-        table = self._s.tables.get(_CASES, {})
         open_values = {state.value for state in OPEN_STATES}
+        return self._decoded_where(lambda entry, state: state not in open_values
+                                   and _touched_since(entry, instant))
+
+    def _decoded_where(self, keep: Callable[[CaseEntry, str], bool]) -> dict[str, Case]:
+        """The cases `keep(entry, stored state)` accepts, decoded, in stored order; one
+        whose stored state is unknown is decoded too, so the damage is reported."""
+        table = self._s.tables.get(_CASES, {})
         found: dict[str, Case] = {}
         for number, doc_id in self._s.case_ids.items():
             entry = table[str(doc_id)]
             state = _state_of(entry)
-            if state not in _KNOWN_STATES or (
-                    state not in open_values and _touched_since(entry, instant)):
+            if state not in _KNOWN_STATES or keep(entry, state):
                 found[number] = self._decoded(doc_id, entry)
         return found
 
