@@ -1,7 +1,7 @@
 """Run every benchmark in turn, then write docs/benchmarks.md (table) and
 docs/benchmarks.png (plot) from build/bench/results/*.json.
 
-    python -m bench.run_all                 # everything, about 20 minutes on 2 cores
+    python -m bench.run_all                 # everything, about 8 minutes on 2 cores
     python -m bench.run_all --quick         # 1k and 10k only, fewer runs
     python -m bench.run_all --render-only   # redraw the doc from the last results
 
@@ -45,7 +45,7 @@ def run_everything(quick: bool, start_at: str = "sync") -> None:
             run_step(module, *args)
 
     sizes = ["1k", "10k"] if quick else ["1k", "10k", "100k"]
-    # A 100k first pass takes about 90 s (session 2); a run past 20 minutes is stopped
+    # A 100k first pass takes about 55 s (session 3); a run past 20 minutes is stopped
     # and its figure becomes a lower bound.
     run("sync", "--sizes", *sizes, "--runs", "2" if quick else "3",
         "--runs-100k", "1" if quick else "3",
