@@ -104,7 +104,7 @@ class Mailbox:
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
-        self.client: imapclient.IMAPClient | None = None
+        self.client: TrackingClient | None = None
         self._special: dict[bytes, str] | None = None
 
     # -- connection -------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Mailbox:
         self.close()
 
     @property
-    def imap(self) -> imapclient.IMAPClient:
+    def imap(self) -> TrackingClient:
         if self.client is None:
             raise RuntimeError("mailbox is not connected")
         return self.client
@@ -218,13 +218,9 @@ class Mailbox:
 
     def fetch_headers(self, uids: Sequence[int]) -> Iterator[FetchedHeaders]:
         """The header fields relance reads, for explicit UIDs, in bounded batches."""
-        imap = self.imap
         for start in range(0, len(uids), FETCH_BATCH):
             batch = list(uids[start : start + FETCH_BATCH])
-            if isinstance(imap, TrackingClient):
-                found = imap.fetch_header_fields(batch)
-            else:
-                found = _header_fields(imap.fetch(batch, [HEADER_ITEM, b"RFC822.SIZE"]))
+            found = self.imap.fetch_header_fields(batch)
             for uid in batch:
                 if uid in found:  # else expunged between SEARCH and FETCH
                     header, size = found[uid]
@@ -351,15 +347,6 @@ def parse_header_fetch(data: Sequence[bytes | tuple[bytes, bytes]]) -> dict[int,
             continue
         size = _FETCH_SIZE.search(text)
         found[int(uid[1])] = (bytes(header), int(size[1]) if size else 0)
-    return found
-
-
-def _header_fields(response: dict[int, dict[bytes, Any]]) -> dict[int, tuple[bytes, int]]:
-    """The same from imapclient's parsed `fetch` answer (any other client object)."""
-    found: dict[int, tuple[bytes, int]] = {}
-    for uid, data in response.items():
-        header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), b"")
-        found[uid] = (header or b"", int(data.get(b"RFC822.SIZE", 0)))
     return found
 
 
