@@ -60,6 +60,11 @@ class Intake:
                     "facts": dataclasses.replace(facts, missing=()), "mail": mail,
                     "missing": list(_missing(case)), "detail": "; ".join(facts.notes)}))
 
+    def _history_before(self, now: datetime) -> datetime:
+        """Invoices sent before this are history when first seen (`adopt_max_age`):
+        recorded, not chased; `sync.history_invoice` spares them a body read."""
+        return now - timedelta(days=self.rt.rules.adopt_max_age.days)
+
     def _adopt_history(
         self, tx: Transaction, facts: InvoiceFacts, head: Mail, now: datetime
     ) -> None:
@@ -67,9 +72,7 @@ class Intake:
         closed as history, so its thread, its number and its client are known; never chased."""
         existing = tx.get_case(facts.number)
         if existing is not None:
-            updated = with_thread_id(existing, head.message_id)
-            if updated != existing:
-                tx.put_case(updated)
+            tx.put_case(with_thread_id(existing, head.message_id))  # a no-op if known
             return
         case = self._open_case(facts, head, now)
         tx.put_case(case)
@@ -202,8 +205,7 @@ class Intake:
         )
         if profile is not None and profile.never_chase:
             return dataclasses.replace(case, state=CaseState.STOPPED, reason="never-chase client")
-        sent_at = mail.date or now
-        if sent_at < now - timedelta(days=rules.adopt_max_age.days):
+        if (mail.date or now) < self._history_before(now):
             # History: not chased, so its facts are not asked for either.
             return dataclasses.replace(
                 case, state=CaseState.DONE,

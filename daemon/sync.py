@@ -12,13 +12,13 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from relance.book import Notice, with_thread_id
 from relance.core.classify import Kind, classify
 from relance.core.extract import invoice_named_by_headers, looks_like_invoice
-from relance.core.listen import known_numbers_in, new_part
-from relance.core.thread import answerable, cases_for
+from relance.core.listen import new_part
+from relance.core.thread import answerable, cases_for, known_numbers_in
 from relance.listening import HISTORY_AGE, listed
 from relance.mailbox.imap import BODY_BATCH, IMAP_ERRORS, FetchedHeaders, Mailbox
 from relance.mailbox.parse import ParseFailure, parse_headers, parse_message
@@ -348,10 +348,6 @@ class Sync:
         if paused:
             # One reply, one notice, however many invoices it paused.
             self._tell(notices, full, self._reply_notice(paused, full, now))
-
-    def _history_before(self, now: datetime) -> datetime:
-        """Invoices sent before this are history when first seen (`adopt_max_age`)."""
-        return now - timedelta(days=self.rt.rules.adopt_max_age.days)
 
     def _to_clients(self, mail: Mail) -> bool:
         return bool(self.rt.firm.outsiders(mail.recipients))
