@@ -699,9 +699,7 @@ class StateView:
     def cases(self) -> dict[str, Case]:
         """Every stored case by invoice number, in the order they were first stored (a new
         dict the caller may change)."""
-        table = self._s.tables.get(_CASES, {})
-        return {number: self._decoded(doc_id, table[str(doc_id)])
-                for number, doc_id in self._s.case_ids.items()}
+        return self._decoded_where(lambda _entry, _state: True)
 
     def find_cases_by_message_id(self, message_id: str) -> list[Case]:
         """All cases whose thread holds this Message-ID (one mail may carry two invoices)."""
