@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from relance.archive import (
+    COLD_AFTER,
     SEAL_STATES,
+    cases_to_chill,
     cases_to_seal,
     close_case,
 )
@@ -41,6 +43,7 @@ from relance.model import (
 )
 from relance.rules.model import Step
 from relance.store.evidence import EvidenceError, safe_name
+from relance.store.state import COLD_FILE
 
 log = logging.getLogger("relance")
 
@@ -339,15 +342,22 @@ class Acting:
     # -- evidence ---------------------------------------------------------------------
     def seal_closed(self, mailbox: Mailbox, now: datetime) -> None:
         """Archive and seal every case that closed (paid, stopped, letter) with news since
-        its last bundle: the evidence a lawyer needs, written as soon as it exists."""
+        its last bundle: the evidence a lawyer needs, written as soon as it exists. Then
+        move the settled cases sealed before this pass and quiet since to the cold file."""
         with self.store.reading() as view:
             if not view.any_case_in(SEAL_STATES):
                 return
             cases = view.case_map()  # a case decoded only when the journal names it
-        events = ({"case": number, "event": event}
-                  for number, names in self.journal.events_by_case().items()
-                  for event in names)
-        for number in cases_to_seal(cases, events):
+            settled = view.settled_numbers(now - self._quiet_before_cold())
+        by_case = self.journal.events_by_case()
+
+        def events() -> Iterator[dict[str, str]]:
+            return ({"case": number, "event": event}
+                    for number, names in by_case.items() for event in names)
+
+        if settled:
+            self._chill(cases_to_chill(settled, events()), now)
+        for number in cases_to_seal(cases, events()):
             try:
                 # Dry-run never changes the mailbox: the bundle is written, nothing moved.
                 close_case(mailbox, cases[number], self.journal, self.config.evidence_dir, now,
@@ -358,6 +368,26 @@ class Acting:
                 raise
             except (EvidenceError, OSError) as exc:
                 self.event(now, "evidence-failed", number, reason=f"{type(exc).__name__}: {exc}")
+
+    def _quiet_before_cold(self) -> timedelta:
+        """How long a settled case stays hot after its last step or contact: longer than
+        the per-client gap looks back (`contact_window`), so a pass never needs a cold
+        case, and at least COLD_AFTER, so a rule change does not either."""
+        return max(COLD_AFTER, contact_window(self.rt.rules))
+
+    def _chill(self, numbers: list[str], now: datetime) -> None:
+        """Move sealed, quiet cases out of the hot state. A failure (disk full) moves
+        nothing and is only logged: the cases stay hot, and the next pass tries again."""
+        if not numbers:
+            return
+        try:
+            moved = self.store.move_cold(numbers)
+        except OSError as exc:
+            log.warning("event=cold-move-failed cases=%d reason=%s", len(numbers), exc)
+            return
+        if moved:
+            log.info("event=cases-moved-cold count=%d file=%s", len(moved),
+                     self.store.state_dir / COLD_FILE)
 
     def _step(self, case: Case, decision: Decision) -> Step:
         return step_for(self.rt.rules, case, decision.step_index)

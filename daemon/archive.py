@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +398,10 @@ def _recorder(journal: Journal, record: Record | None) -> Record:
 SEAL_STATES = frozenset(
     {CaseState.PAID, CaseState.STOPPED, CaseState.FORMAL_NOTICE, CaseState.DONE}
 )
+COLD_AFTER = timedelta(days=90)
+"""A settled case stays in the hot state this long after its last step or contact at
+least (see `cases_to_chill`): a late "merci, c'est réglé" or a question about a paid
+invoice comes within weeks, and reading it from the cold file is slower."""
 # Journal events that are not news about a case: they never call for a new seal.
 _NOT_NEWS = frozenset({"evidence-written", "thread-archived", "owner-notified",
                        "would-notify", "notice-failed", "evidence-failed", "notice-deferred",
@@ -409,10 +413,30 @@ def cases_to_seal(
 ) -> list[str]:
     """Numbers of closed cases whose journal has news since their last seal (or that
     were never sealed): what a pass should `close_case`. One read of the journal."""
+    pending = _news_since_seal(cases, entries)
+    return [n for n, news in pending.items() if news and _sealable(cases[n])]
+
+
+def cases_to_chill(
+    settled: Collection[str], entries: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """Of the settled cases (paid, stopped or done, quiet for a while), those the journal
+    has no news about since their seal, or since they were found when there is nothing
+    to seal: what may leave the hot state for the cold file. A case with news waits for
+    its seal, so the cold file never holds a case whose evidence is behind."""
+    pending = _news_since_seal(frozenset(settled), entries)
+    return [n for n, news in pending.items() if not news]
+
+
+def _news_since_seal(
+    known: Collection[str], entries: Iterable[Mapping[str, Any]]
+) -> dict[str, bool]:
+    """For each case of `known` the journal names: whether it has news since its last
+    `evidence-written` (or since `invoice-found` when never sealed)."""
     pending: dict[str, bool] = {}
     for entry in entries:
         number = entry.get("case")
-        if not isinstance(number, str) or number not in cases:
+        if not isinstance(number, str) or number not in known:
             continue
         event = entry.get("event")
         if event == "evidence-written":
@@ -421,7 +445,7 @@ def cases_to_seal(
             pending.setdefault(number, False)
         elif event not in _NOT_NEWS:
             pending[number] = True
-    return [n for n, news in pending.items() if news and _sealable(cases[n])]
+    return pending
 
 
 def _sealable(case: Case) -> bool:

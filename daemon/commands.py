@@ -35,6 +35,7 @@ from relance.store import evidence as evidence_store
 from relance.store.journal import Journal
 from relance.store.secret import load_or_create_secret
 from relance.store.state import (
+    COLD_FILE,
     LOG_FILE,
     STATE_FILE,
     AlreadyRunning,
@@ -539,10 +540,11 @@ def _rebuild_in(
 
 
 def _install(state_dir: Path, scratch: Path, stamp: str) -> list[Path]:
-    """Move the old `state.json` and `state.log` aside (`*.broken-STAMP`), then the new
-    snapshot in; each a rename in one directory, and the directory synced."""
+    """Move the old `state.json`, `state.log` and `closed.jsonl` aside
+    (`*.broken-STAMP`), then the new files in, the snapshot last (its stubs point into
+    the new cold file); each a rename in one directory, and the directory synced."""
     moved = []
-    for name in (STATE_FILE, LOG_FILE):
+    for name in (STATE_FILE, LOG_FILE, COLD_FILE):
         old = state_dir / name
         if old.exists():
             target = old.with_name(f"{name}.broken-{stamp}")
@@ -552,6 +554,8 @@ def _install(state_dir: Path, scratch: Path, stamp: str) -> list[Path]:
                 suffix += 1
             os.replace(old, target)
             moved.append(target)
+    if (scratch / COLD_FILE).exists():
+        os.replace(scratch / COLD_FILE, state_dir / COLD_FILE)
     os.replace(scratch / STATE_FILE, state_dir / STATE_FILE)
     fsync_dir(state_dir)
     return moved

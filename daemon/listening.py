@@ -19,6 +19,7 @@ from relance.core.commands import CommandRefused
 from relance.core.facts import apply_facts
 from relance.core.letter import record_lrar
 from relance.core.listen import (
+    OWING_STATES,
     Command,
     digest,
     digest_due,
@@ -54,6 +55,8 @@ _INTENT_WORDS = {"reply": "replied", "promise": "promised to pay",
 # Cases a payment can settle: a letter case can still be paid.
 _PAYABLE = frozenset({CaseState.CHASING, CaseState.PAUSED, CaseState.BAD_ADDRESS,
                       CaseState.NEEDS_FACTS, CaseState.FORMAL_NOTICE})
+# Journal events that say an invoice was paid, for the digest's "paid since last week".
+_PAID_EVENTS = ("owner-paid", "payment-matched")
 
 
 
@@ -226,7 +229,7 @@ class Listening:
             notices.append(Notice("payment-unverified", "notice-unverified", None, {
                 "mail": full, "detail": trust.reason}))
             return
-        owing = [c for c in tx.cases().values() if c.state in _PAYABLE]
+        owing = list(tx.cases_in(_PAYABLE).values())
         notice = read_payment(full, [c.number for c in owing])
         if notice is None:
             self.event(now, "payment-unreadable", sender=full.from_addr, subject=full.subject)
@@ -270,17 +273,16 @@ class Listening:
             local = now.astimezone(self.config.tz)
             if not digest_due(local, last, rules.digest.day, rules.digest.hour):
                 return
-            cases = view.cases()  # once a week: every case
-        paid_events = ("owner-paid", "payment-matched")
-        paid_numbers = {
-            number for number in self.journal.cases_with(paid_events)
-            if any(e.get("event") in paid_events
-                   and (last is None or datetime.fromisoformat(e["at"]) > last)
-                   for e in self.journal.entries(number))
-        }
-        paid_since = [c for c in cases.values()
-                      if c.number in paid_numbers and c.state is CaseState.PAID]
-        summary = digest(list(cases.values()), local, paid_since)
+            owing = view.cases_in(OWING_STATES)  # once a week; closed cases are not read
+            paid_numbers = [
+                number for number in self.journal.cases_with(_PAID_EVENTS)
+                if any(e.get("event") in _PAID_EVENTS
+                       and (last is None or datetime.fromisoformat(e["at"]) > last)
+                       for e in self.journal.entries(number))
+            ]
+            paid_since = [c for n in paid_numbers
+                          if (c := view.get_case(n)) is not None and c.state is CaseState.PAID]
+        summary = digest(list(owing.values()), local, paid_since)
         with self.store.transaction() as tx:
             tx.set_meta("last_digest_at", now.isoformat())
             if not summary.empty:
@@ -383,8 +385,8 @@ class Listening:
             else mailbox.fetch_message(mail.folder, mail.uid) or b""
         failed = {a.decode(errors="replace").lower()
                   for a in _bounce_addresses(raw)}
-        for case in tx.cases().values():
-            if case.state not in OPEN_STATES or not failed & set(case.client_addrs):
+        for case in tx.cases_in(OPEN_STATES).values():
+            if not failed & set(case.client_addrs):
                 continue
             left = tuple(a for a in case.client_addrs if a not in failed)
             updated = with_thread_id(case, mail.message_id)

@@ -830,7 +830,7 @@ def plan_instalments(
 # ---------------------------------------------------------------------------- digest
 
 BUCKETS = ("0-30", "31-60", "61-90", "90+")
-_OWING = frozenset(
+OWING_STATES = frozenset(
     {CaseState.CHASING, CaseState.PAUSED, CaseState.NEEDS_FACTS, CaseState.BAD_ADDRESS,
      CaseState.FORMAL_NOTICE}
 )  # fmt: skip
@@ -894,7 +894,7 @@ def digest(cases: Sequence[Case], now: datetime, paid_since: Sequence[Case]) -> 
     paused: list[DigestLine] = []
     needs_owner: list[DigestLine] = []
     for case in sorted(cases, key=lambda c: (c.due_date or date.max, c.number)):
-        if case.state not in _OWING:
+        if case.state not in OWING_STATES:
             continue
         days_late = None if case.due_date is None else (today - case.due_date).days
         line = DigestLine(

@@ -145,9 +145,11 @@ def test_migrations_chain_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_missing_migration_step_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_module, "SCHEMA_VERSION", 3)
-    with pytest.raises(StateCorrupt, match="schema version 2: this relance cannot upgrade it"):
-        migrate({"cases": {}, "meta": {"1": {"schema_version": 2}}})
+    nxt = SCHEMA_VERSION + 1
+    monkeypatch.setattr(state_module, "SCHEMA_VERSION", nxt)
+    with pytest.raises(StateCorrupt, match=f"schema version {SCHEMA_VERSION}: this relance "
+                                           "cannot upgrade it"):
+        migrate({"cases": {}, "meta": {"1": {"schema_version": SCHEMA_VERSION}}})
 
 
 def test_failing_migration_is_reported_and_nothing_written(
@@ -184,7 +186,8 @@ def test_v1_file_is_upgraded_to_the_log_format_with_a_backup(tmp_path: Path) -> 
     assert store.upgrade() == 1
     assert (tmp_path / "state.json.v1.bak").read_bytes() == raw
     data = on_disk(store)
-    assert data["meta"] == {"1": {"schema_version": 2, "digest_at": "2025-01-01", "log_seq": 0}}
+    assert data["meta"] == {"1": {"schema_version": SCHEMA_VERSION, "digest_at": "2025-01-01",
+                                  "log_seq": 0}}
     assert data["cases"] == {"1": V0_CASE}
     with store.transaction() as tx:  # a commit after the upgrade goes to the log
         tx.set_meta("digest_at", "2025-02-01")
