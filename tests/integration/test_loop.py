@@ -25,6 +25,7 @@ from relance import app, cli
 from relance.mailbox import smtp
 from relance.mailbox.imap import Mailbox
 from relance.model import CaseState
+from relance.store.state import COLD_FILE, StateStore
 from tests.integration.helpers import (
     Office,
     at,
@@ -298,6 +299,45 @@ def test_paid_from_the_shell_stops_the_chase(
         NUMBER, "paid", "1234.56", "0.00"
     )
     assert row["next_action"] is None
+
+
+def test_a_paid_case_goes_cold_and_a_late_answer_still_finds_it(
+    office: Office, client: MailUser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Months after it was paid and sealed, the case leaves the hot state; the client's
+    "merci" in the thread half a year later is still recorded on it, and sealed again."""
+    send_invoice(office, client)
+    office.on(FIRST_MORNING, COURTESY, REMINDER_1)
+    config = str(office.config_path)
+    assert cli.main(["paid", NUMBER, "--config", config,
+                     "--now", at(date(2026, 5, 14), 18).isoformat()]) == 0
+    office.on(REMINDER_2)  # sealed: evidence written, the thread archived
+    cold = office.config().state_dir / COLD_FILE
+    office.on(date(2026, 8, 3))  # 83 days after the last reminder: still hot
+    assert not cold.exists()
+
+    office.on(date(2026, 8, 17))
+    assert cold.exists() and NUMBER.encode() in cold.read_bytes()
+    with StateStore(office.config().state_dir).reading() as view:
+        assert view.cold_count() == 1
+        assert view.get_case(NUMBER).state is CaseState.PAID  # type: ignore[union-attr]
+    capsys.readouterr()
+    assert cli.main(["status", "--json", "--all", "--config", config]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["cases"]
+    assert (row["number"], row["state"], row["balance"]) == (NUMBER, "paid", "0.00")
+
+    answer = client_answers(office, client, "Merci, bien reçu votre confirmation.",
+                            at(date(2026, 11, 2), 10))
+    office.on(date(2026, 11, 3))
+    replied = [e for e in office.journal(NUMBER) if e["event"] == "client-replied"]
+    assert [e["message_id"] for e in replied] == [str(answer["Message-ID"])]
+    with StateStore(office.config().state_dir).reading() as view:
+        assert view.cold_count() == 0, "a case that changed is hot again"
+        case = view.get_case(NUMBER)
+        assert case is not None and case.state is CaseState.PAID
+        assert str(answer["Message-ID"]) in case.thread_ids
+    sealed = [e for e in office.journal(NUMBER) if e["event"] == "evidence-written"]
+    assert len(sealed) == 2, "the answer is news: the case is sealed again"
 
 
 def test_mail_naming_the_invoice_without_thread_headers_pauses_case(
