@@ -61,10 +61,14 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def seeded_home(dovecot: Any, size: int, cases: int, closed: int = 0) -> Path:
+def seeded_home(dovecot: Any, size: int, cases: int, closed: int = 0,
+                hot: bool = False) -> Path:
     """A mailbox of `size` messages and the state a first pass would leave on it:
     `cases` open cases (and `closed` paid ones, years of them), every folder read to its
-    end. Returns the relance.toml."""
+    end. The closed cases' journal says they were paid and sealed, so the untimed pass
+    moves them to the cold file, as the daemon does; with `hot`, the journal says nothing
+    of them and they stay in the hot state (relance before the cold file). Returns the
+    relance.toml."""
     from bench import new_daemon, quiet_logs
     from bench.mailbox_gen import install, warm
     from bench.state_cost import closed_cases, seed_state, synthetic_cases
@@ -79,7 +83,13 @@ def seeded_home(dovecot: Any, size: int, cases: int, closed: int = 0) -> Path:
     homes.mkdir(parents=True, exist_ok=True)
     config = fresh_office(dovecot, user, homes, f"restart-{size_label(size)}")
     daemon = new_daemon(config)
-    seed_state(daemon, synthetic_cases(cases) + closed_cases(closed))
+    paid = closed_cases(closed)
+    seed_state(daemon, synthetic_cases(cases) + paid)
+    if not hot:
+        for case in paid:
+            daemon.journal.append("invoice-found", at=case.opened_at or NOW, case=case.number)
+            daemon.journal.append("owner-paid", at=case.steps[-1].at, case=case.number)
+            daemon.journal.append("evidence-written", at=case.steps[-1].at, case=case.number)
     with Mailbox(daemon.config.imap) as mailbox:
         with daemon.store.transaction() as tx:
             for folder in (mailbox.sent_folder(), "INBOX"):
@@ -97,7 +107,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--closed", type=int, default=0,
                         help="paid cases in the state besides the open ones (years of a "
-                             "firm's life); results go to restart-closed.json")
+                             "firm's life); results go to restart-closed-N[-hot].json")
+    parser.add_argument("--hot", action="store_true",
+                        help="keep the closed cases in the hot state (no journal of their "
+                             "seal): relance before closed.jsonl, side by side")
     parser.add_argument("--real-first-pass", action="store_true")
     args = parser.parse_args()
     from tests.mailservers import Dovecot
@@ -110,15 +123,19 @@ def main() -> None:
             config = Path(first["last_home"]) / "relance.toml"
             extra["first_pass"] = public(first)
         else:
-            config = seeded_home(dovecot, size, args.cases, args.closed)
-            extra["state"] = (f"seeded: {args.cases} open cases, {args.closed} closed, "
+            config = seeded_home(dovecot, size, args.cases, args.closed, args.hot)
+            extra["state"] = (f"seeded: {args.cases} open cases, {args.closed} closed "
+                              f"({'hot' if args.hot else 'sealed, moved cold'}), "
                               "cursors at the last UID")
             extra["closed_cases"] = args.closed
+            extra["closed_hot"] = args.hot
         result = measure_restart(config, args.runs)
     print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s, "
           f"process {result['process_median_s']:.2f} s, peak {result['peak_rss_median_mb']:.0f}"
           f" MB ({result['open_cases']} open cases of {result['cases']})")
-    save_results("restart-closed" if args.closed else "restart",
+    name = "restart" if not args.closed else f"restart-closed-{args.closed}" + (
+        "-hot" if args.hot else "")
+    save_results(name,
                  "python -m bench.restart " + " ".join(sys.argv[1:]),
                  {"size": size, **extra, **result})
 

@@ -163,22 +163,28 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
         profile.write_text(profiler.output_html())
         (profile.with_suffix(".txt")).write_text(
             profiler.output_text(unicode=False, color=False, show_all=False))
+    peak = vm_hwm_mb()  # before the counting below, which reads what the pass did not
     events: dict[str, int] = {}
     for entry in daemon.journal.entries():
         events[str(entry["event"])] = events.get(str(entry["event"]), 0) + 1
-    with daemon.store.reading() as view:
-        cases = view.cases()
     from relance.model import OPEN_STATES
+    from relance.store.state import COLD_FILE
 
+    with daemon.store.reading() as view:
+        cases, open_cases, cold_cases = (len(view.case_map()), len(view.cases_in(OPEN_STATES)),
+                                         view.cold_count())
+    cold = daemon.store.state_dir / COLD_FILE
     return {
         "seconds": seconds,
         "body_seconds": reading["seconds"],
         "bodies_read": reading["calls"],
         "connect_seconds": connected - started,
-        "peak_rss_mb": vm_hwm_mb(),
-        "cases": len(cases),
-        "open_cases": sum(c.state in OPEN_STATES for c in cases.values()),
+        "peak_rss_mb": peak,
+        "cases": cases,
+        "open_cases": open_cases,
+        "cold_cases": cold_cases,
         "state_bytes": daemon.store.path.stat().st_size,
+        "cold_bytes": cold.stat().st_size if cold.exists() else 0,
         "events": events,
     }
 
