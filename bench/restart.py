@@ -58,6 +58,8 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
         "cases": result["cases"],
         "open_cases": result["open_cases"],
         "state_bytes": result["state_bytes"],
+        "cold_cases": result.get("cold_cases"),
+        "cold_bytes": result.get("cold_bytes"),
     }
 
 

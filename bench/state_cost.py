@@ -89,6 +89,9 @@ def closed_cases(count: int, seed: int = 11) -> list[Any]:
         closed.append(dataclasses.replace(
             case, number=f"{case.number}-P", root_message_id=f"<paid-{case.invoice_uid:06d}"
             f"@{FIRM_DOMAIN}>", state=CaseState.PAID, paid=case.amount, steps=steps,
+            issue_date=(NOW - timedelta(days=420)).date(),
+            due_date=(NOW - timedelta(days=390)).date(),
+            opened_at=NOW - timedelta(days=420), last_contact_at=steps[-1].at,
             thread_ids=(*case.thread_ids, *(step.message_id for step in steps)),
             paused_until=None, reason="paid (owner)"))
     return closed

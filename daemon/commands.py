@@ -217,9 +217,15 @@ def case_summary(case: Case, runtime: app.Runtime, now: datetime) -> dict[str, A
     }
 
 
-def _read_cases(config: Config) -> dict[str, Case]:
+def _read_cases(config: Config, *, every: bool) -> dict[str, Case]:
+    """The open cases, or `every` case (settled ones from the cold file too)."""
     with StateStore(config.state_dir).reading() as view:
-        return view.cases()
+        return view.cases() if every else view.cases_in(OPEN_STATES)
+
+
+def _read_case(config: Config, number: str) -> Case | None:
+    with StateStore(config.state_dir).reading() as view:
+        return view.get_case(number)
 
 
 def _loaded(args: argparse.Namespace) -> tuple[Config, app.Runtime] | None:
@@ -238,10 +244,10 @@ def status(args: argparse.Namespace) -> int:
     config, runtime = loaded
     now = _now(args, config)
     try:
-        cases = _read_cases(config)
+        cases = _read_cases(config, every=args.all)
     except StateCorrupt as exc:
         return _fail(str(exc))
-    shown = [c for c in cases.values() if args.all or c.state in OPEN_STATES]
+    shown = list(cases.values())
     shown.sort(key=lambda c: (c.due_date is None, c.due_date, c.number))
     rows = [case_summary(c, runtime, now) for c in shown]
     if args.json:
@@ -273,7 +279,7 @@ def show(args: argparse.Namespace) -> int:
         return 1
     config, runtime = loaded
     now = _now(args, config)
-    case = _read_cases(config).get(args.number)
+    case = _read_case(config, args.number)
     if case is None:
         return _fail(f"no case {args.number}; `relance status --all` lists them")
     summary = case_summary(case, runtime, now)
@@ -579,7 +585,7 @@ def evidence(args: argparse.Namespace) -> int:
         print(f"{count} bundle(s) verified; ledger head {head or '(empty)'}")
         return 0
     now = _now(args, config)
-    case = _read_cases(config).get(args.number)
+    case = _read_case(config, args.number)
     if case is None:
         return _fail(f"no case {args.number}; `relance status --all` lists them")
     try:

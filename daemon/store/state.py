@@ -1446,6 +1446,7 @@ class StateStore:
         numbers moved. Each batch: its lines appended and fsynced, then one commit of
         their stubs."""
         moved: list[str] = []
+        moved_bytes = 0
         pending = list(dict.fromkeys(numbers))
         for start in range(0, len(pending), batch):
             with self.transaction() as tx:
@@ -1464,7 +1465,16 @@ class StateStore:
                     tx._put_cold_stub(number, {
                         "number": number, "state": doc["state"], _COLD: [offset, length],
                         _COLD_IDS: _case_message_ids(doc)})
+                    moved_bytes += length
             moved.extend(number for number, _doc in docs)
+        cached = self._cache
+        if cached is not None and moved_bytes > cached.snapshot_size // 4:
+            # The stubs are in the log, the whole documents still in `state.json`: the next
+            # start would read both. Fold them now that it pays (a quarter of the snapshot).
+            try:
+                self.compact()
+            except OSError as exc:
+                log.warning("event=state-compaction-failed file=%s reason=%s", self.path, exc)
         return moved
 
     def upgrade(self) -> int | None:

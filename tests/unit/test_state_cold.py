@@ -275,3 +275,21 @@ def test_a_move_killed_at_random_instants_loses_nothing_and_never_goes_back(
             assert version >= seen[n], f"P-{n} went back from v{seen[n]} to v{version}"
             seen[n] = version
     assert min(seen.values()) > 0 and colds > 0, "the worker should have got somewhere"
+
+
+def test_a_large_move_is_folded_into_the_snapshot(tmp_path: Path) -> None:
+    """Moving most of the state leaves `state.json` small at once: otherwise the next
+    start reads every moved document in the snapshot and every stub in the log."""
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        for n in range(200):
+            tx.put_case(make_case(f"P-{n}", **PAID))
+    store.compact()
+    before = store.path.stat().st_size
+    store.move_cold([f"P-{n}" for n in range(100)])  # half: folded
+    assert store.path.stat().st_size < before * 0.8
+    assert store.log_path.stat().st_size == 0
+    store.move_cold(["P-100"])  # one: a log line, the snapshot as it is
+    assert store.log_path.stat().st_size > 0
+    with StateStore(tmp_path).reading() as view:
+        assert view.cold_count() == 101 and len(view.cases()) == 200
