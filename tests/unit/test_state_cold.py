@@ -190,9 +190,11 @@ def test_a_damaged_cold_line_or_stub_is_reported_with_the_file(tmp_path: Path) -
         if doc["number"] == "P-1":
             doc["cold"] = ["zero", 12]
     store.path.write_text(json.dumps(data))
-    with (pytest.raises(StateCorrupt, match=r"case P-1: its stub for closed.jsonl is damaged"),
-          StateStore(tmp_path).reading()):
-        pass
+    with StateStore(tmp_path).reading() as view:
+        assert view.get_case("OPEN-1") is not None
+        with pytest.raises(StateCorrupt, match=r"state.json: case P-1: its stub for "
+                                               r"closed.jsonl is damaged \(cold: \['zero', 12\]"):
+            view.get_case("P-1")
 
 
 def test_settled_numbers_are_quiet_settled_hot_cases(tmp_path: Path) -> None:
