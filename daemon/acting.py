@@ -47,6 +47,10 @@ from relance.store.state import COLD_FILE
 
 log = logging.getLogger("relance")
 
+_SEAL_SCAN = "seal_scan"
+"""In the state's meta: the journal's identity when a scan last found nothing to seal and
+nothing left to move cold. A start with years of journal skips indexing it until then."""
+
 
 class Acting:
     """The acting side of `Daemon`."""
@@ -344,20 +348,27 @@ class Acting:
         """Archive and seal every case that closed (paid, stopped, letter) with news since
         its last bundle: the evidence a lawyer needs, written as soon as it exists. Then
         move the settled cases sealed before this pass and quiet since to the cold file."""
+        journal_seen = self.journal.identity()  # lines appended after this: next pass
         with self.store.reading() as view:
             if not view.any_case_in(SEAL_STATES):
                 return
             cases = view.case_map()  # a case decoded only when the journal names it
             settled = view.settled_numbers(now - self._quiet_before_cold())
+            if not settled and journal_seen is not None \
+                    and view.meta(_SEAL_SCAN) == journal_seen:
+                return  # no news since a scan that left nothing to seal or to move
         by_case = self.journal.events_by_case()
 
         def events() -> Iterator[dict[str, str]]:
             return ({"case": number, "event": event}
                     for number, names in by_case.items() for event in names)
 
-        if settled:
-            self._chill(cases_to_chill(settled, events()), now)
-        for number in cases_to_seal(cases, events()):
+        chilled = self._chill(cases_to_chill(settled, cases, events()), now) if settled else []
+        to_seal = cases_to_seal(cases, events())
+        if not to_seal and len(chilled) == len(settled):
+            with self.store.transaction() as tx:
+                tx.set_meta(_SEAL_SCAN, journal_seen)
+        for number in to_seal:
             try:
                 # Dry-run never changes the mailbox: the bundle is written, nothing moved.
                 close_case(mailbox, cases[number], self.journal, self.config.evidence_dir, now,
@@ -375,19 +386,21 @@ class Acting:
         case, and at least COLD_AFTER, so a rule change does not either."""
         return max(COLD_AFTER, contact_window(self.rt.rules))
 
-    def _chill(self, numbers: list[str], now: datetime) -> None:
-        """Move sealed, quiet cases out of the hot state. A failure (disk full) moves
-        nothing and is only logged: the cases stay hot, and the next pass tries again."""
+    def _chill(self, numbers: list[str], now: datetime) -> list[str]:
+        """Move sealed, quiet cases out of the hot state; the numbers moved. A failure
+        (disk full) moves nothing and is only logged: the cases stay hot, and the next
+        pass tries again."""
         if not numbers:
-            return
+            return []
         try:
             moved = self.store.move_cold(numbers)
         except OSError as exc:
             log.warning("event=cold-move-failed cases=%d reason=%s", len(numbers), exc)
-            return
+            return []
         if moved:
             log.info("event=cases-moved-cold count=%d file=%s", len(moved),
                      self.store.state_dir / COLD_FILE)
+        return moved
 
     def _step(self, case: Case, decision: Decision) -> Step:
         return step_for(self.rt.rules, case, decision.step_index)

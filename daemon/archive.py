@@ -418,14 +418,14 @@ def cases_to_seal(
 
 
 def cases_to_chill(
-    settled: Collection[str], entries: Iterable[Mapping[str, Any]]
+    settled: Sequence[str], cases: Mapping[str, Case], entries: Iterable[Mapping[str, Any]]
 ) -> list[str]:
     """Of the settled cases (paid, stopped or done, quiet for a while), those the journal
-    has no news about since their seal, or since they were found when there is nothing
-    to seal: what may leave the hot state for the cold file. A case with news waits for
-    its seal, so the cold file never holds a case whose evidence is behind."""
+    has no news about since their seal (or since they were found), and those relance
+    never seals: what may leave the hot state for the cold file. A case with news waits
+    for its seal, so the cold file never holds a case whose evidence is behind."""
     pending = _news_since_seal(frozenset(settled), entries)
-    return [n for n, news in pending.items() if not news]
+    return [n for n in settled if not pending.get(n) or not _sealable(cases[n])]
 
 
 def _news_since_seal(

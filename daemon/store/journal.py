@@ -180,6 +180,16 @@ class Journal:
         self.skipped_lines = skipped
 
 
+    def identity(self) -> str | None:
+        """What tells the journal changed without reading it (inode, size, mtime), or
+        None when there is none yet: sealing skips a journal that did not change since a
+        scan that left nothing to do, instead of indexing years of it at each start."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
     def events_by_case(self) -> dict[str, list[str]]:
         """Each case's event names, in order: what deciding which cases to seal needs,
         without reading every entry again."""

@@ -25,6 +25,7 @@ from relance import app, cli
 from relance.mailbox import smtp
 from relance.mailbox.imap import Mailbox
 from relance.model import CaseState
+from relance.store.journal import Journal
 from relance.store.state import COLD_FILE, StateStore
 from tests.integration.helpers import (
     Office,
@@ -338,6 +339,37 @@ def test_a_paid_case_goes_cold_and_a_late_answer_still_finds_it(
         assert str(answer["Message-ID"]) in case.thread_ids
     sealed = [e for e in office.journal(NUMBER) if e["event"] == "evidence-written"]
     assert len(sealed) == 2, "the answer is news: the case is sealed again"
+
+
+def test_sealing_skips_a_journal_unchanged_since_a_scan_that_left_nothing_to_do(
+    office: Office, client: MailUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start with years of journal does not index it to find there is nothing to seal;
+    any line appended since (here a `relance paid` from the shell) means a scan again."""
+    send_invoice(office, client)
+    office.on(FIRST_MORNING, COURTESY)
+    config = str(office.config_path)
+    assert cli.main(["paid", NUMBER, "--config", config,
+                     "--now", at(date(2026, 5, 5), 18).isoformat()]) == 0
+    office.on(date(2026, 5, 6))  # sealed: its journal lines come after the scan's start
+    office.on(date(2026, 5, 7))  # a scan that finds nothing to do: it is remembered
+    scans: list[int] = []
+    real = Journal.events_by_case
+
+    def counted(journal: Journal) -> dict[str, list[str]]:
+        scans.append(1)
+        return real(journal)
+
+    monkeypatch.setattr(Journal, "events_by_case", counted)
+    office._daemon = office.new_daemon()  # a restart: nothing indexed in memory
+    office.on(date(2026, 5, 8), date(2026, 5, 11))
+    assert scans == []
+    Journal(office.config().state_dir).append("owner-note", at=at(date(2026, 5, 11), 19),
+                                              case=NUMBER, text="appelé le client")
+    office.on(date(2026, 5, 12))
+    assert scans == [1]
+    sealed = [e for e in office.journal(NUMBER) if e["event"] == "evidence-written"]
+    assert len(sealed) == 2, "the note is news: sealed again"
 
 
 def test_mail_naming_the_invoice_without_thread_headers_pauses_case(

@@ -222,8 +222,16 @@ def test_cases_to_chill_waits_for_the_seal() -> None:
         {"case": "HISTORY", "event": "invoice-found"},
         {"case": "NOT-SETTLED", "event": "invoice-found"},
     ]
-    assert cases_to_chill(["SEALED", "NEWS", "HISTORY", "UNKNOWN"], entries) == [
-        "SEALED", "HISTORY"]
+    cases = {"SEALED": make_case("SEALED", **PAID), "NEWS": make_case("NEWS", **PAID),
+             "HISTORY": make_case("HISTORY", state=CaseState.DONE, steps=()),
+             "HISTORY-ANSWERED": make_case("HISTORY-ANSWERED", state=CaseState.DONE, steps=()),
+             "UNKNOWN": make_case("UNKNOWN", **PAID)}
+    entries += [{"case": "HISTORY-ANSWERED", "event": "invoice-found"},
+                {"case": "HISTORY-ANSWERED", "event": "client-replied"}]
+    assert cases_to_chill(["SEALED", "NEWS", "HISTORY", "HISTORY-ANSWERED", "UNKNOWN"], cases,
+                          entries) == ["SEALED", "HISTORY", "HISTORY-ANSWERED", "UNKNOWN"], (
+        "news waits for a seal, unless relance never seals the case (an invoice adopted as "
+        "history); a case the journal does not name has no news")
 
 
 def test_a_v2_state_is_upgraded_with_a_backup(tmp_path: Path) -> None:
