@@ -112,6 +112,19 @@ def rows() -> list[list[str]]:
             f"whole `relance run --once` {_s(restart['process_median_s'])}", "",
             f"< 0.5 s: {_mark(restart['pass_median_s'] < 0.5)}", str(restart["runs"]),
             restart["command"]])
+    for closed in (10_000, 30_000):
+        after, before = (load_results(f"restart-closed-{closed}"),
+                         load_results(f"restart-closed-{closed}-before"))
+        if after and before:
+            out.append([
+                "2 restart, years of closed cases", f"{size_label(after['size'])} msgs, "
+                f"{after['open_cases']} open + {closed} paid and sealed",
+                f"pass {_s(after['pass_median_s'])}, peak {after['peak_rss_median_mb']:.0f} MB "
+                f"({after['cold_cases']} in `closed.jsonl`)",
+                f"the same before the cold file (1832ad3): {_s(before['pass_median_s'])}, "
+                f"{before['peak_rss_median_mb']:.0f} MB",
+                f"{after['pass_median_s'] / before['pass_median_s']:.2f}x", "",
+                str(after["runs"]), after["command"]])
     reply = load_results("reply_latency")
     if reply:
         out.append([
