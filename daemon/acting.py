@@ -348,7 +348,11 @@ class Acting:
         """Archive and seal every case that closed (paid, stopped, letter) with news since
         its last bundle: the evidence a lawyer needs, written as soon as it exists. Then
         move the settled cases sealed before this pass and quiet since to the cold file."""
-        journal_seen = self.journal.identity()  # lines appended after this: next pass
+        # The journal's identity before the state is read: a change of state is journaled
+        # after its commit (the shell) or within this pass before sealing, so every line
+        # this identity covers is reflected in the view below, and a line appended later
+        # changes the identity, which makes the next pass scan again.
+        journal_seen = self.journal.identity()
         with self.store.reading() as view:
             if not view.any_case_in(SEAL_STATES):
                 return
