@@ -58,6 +58,10 @@ class Acting:
     # -- acting -----------------------------------------------------------------------
     def act(self, mailbox: Mailbox, sent_folder: str, now: datetime, notices: list[Notice]) -> None:
         """Carry out what is due: one mail per client, listing every invoice due."""
+        if not self.rt.calendar.in_window(now):
+            # Nothing is due outside the send window (`due_decisions`): a pass there (most
+            # of a day, and every restart then) decodes no case and copies none.
+            return
         with self.store.reading() as view:
             cases = view.cases_in(OPEN_STATES)
             # Closed cases only lend their recent mail to the per-client gap.

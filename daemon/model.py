@@ -158,6 +158,17 @@ class Case:
     def last_step(self) -> int:
         return max((s.index for s in self.steps), default=0)
 
+    def with_last_contact(self, at: datetime | None) -> Case:
+        """`dataclasses.replace(self, last_contact_at=at)` at a seventh of its cost: the
+        same fields, one changed, without running `__init__` again (a Case checks nothing
+        there and caches nothing). The per-client gap raises it on every open case of a
+        pass in the send window, where replace() of 10k cases took 150 ms."""
+        copy = object.__new__(Case)
+        fields = copy.__dict__
+        fields.update(self.__dict__)
+        fields["last_contact_at"] = at
+        return copy
+
 
 @dataclass(frozen=True)
 class Decision:

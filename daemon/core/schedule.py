@@ -12,7 +12,7 @@ minimum gap of the firm's last mail to the client, in the order the rules list t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -232,7 +232,7 @@ def with_client_contacts(cases: Iterable[Case]) -> list[Case]:
             newest = latest.get(client_key(case))
             if newest is not None and (case.last_contact_at is None
                                        or newest > case.last_contact_at):
-                case = replace(case, last_contact_at=newest)
+                case = case.with_last_contact(newest)
         out.append(case)
     return out
 
