@@ -6,10 +6,13 @@ is started again on the same state and the same, unchanged mailbox, `runs` times
 The state is the one a first pass leaves: by default built directly (bench.state_cost's
 10k open cases, and each folder's cursor at the mailbox's last UID, then one untimed
 pass, which creates relance's folders), because a real first pass over 100k messages
-takes most of an hour today; `--real-first-pass` runs that pass instead. Two
-figures: the second `run_pass` itself (connect, SELECT each folder, see nothing is new,
-decide nothing is due), and the whole process, from exec to the pass done (imports,
-config, rules and templates included), as `relance run --once` pays it.
+takes most of an hour today; `--real-first-pass` runs that pass instead. The figures:
+the second `run_pass` itself (connect, SELECT each folder, see nothing is new, decide
+nothing is due); "ready", that pass and what `relance run` does before it idles (the
+next wake-up and the status line); both at bench.NOW (07:00, before the send window) and
+at 09:00 (inside it, where every open case is weighed); and the whole process, from exec
+to the pass done (imports, config, rules and templates included), as `relance run
+--once` pays it.
 
     python -m bench.restart --size 100k --runs 5
 """
@@ -20,6 +23,7 @@ import argparse
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +31,31 @@ from bench import NOW, REPO_ROOT, WORK_DIR, median, parse_sizes, save_results, s
 from bench.sync import measure as first_pass
 from bench.sync import public, run_relance_pass
 
+IN_WINDOW = NOW + timedelta(hours=2)
+"""A restart inside the send window (09:00 on a Monday), where `act` decides over every
+open case; bench.NOW (07:00) is before it, where nothing can be due."""
+
 
 def measure_restart(config: Path, runs: int) -> dict[str, Any]:
-    """`runs` second passes on the state `config` names; the mailbox is left as it is."""
+    """`runs` second passes on the state `config` names; the mailbox is left as it is.
+    Each run is timed at bench.NOW, before the send window, and again inside it."""
     passes: list[float] = []
+    ready: list[float] = []
+    in_window: list[float] = []
+    in_window_ready: list[float] = []
     processes: list[float] = []
     connects: list[float] = []
     peaks: list[float] = []
+    # Untimed: the Monday digest (due at 08:00) goes out in the first pass in the window,
+    # once; the timed runs after it are alike.
+    run_relance_pass(config, now=IN_WINDOW.isoformat())
     for _ in range(runs):
+        inside = run_relance_pass(config, now=IN_WINDOW.isoformat())
+        in_window.append(inside["seconds"])
+        in_window_ready.append(inside["ready_seconds"])
         result = run_relance_pass(config)
         passes.append(result["seconds"])
+        ready.append(result["ready_seconds"])
         peaks.append(result["peak_rss_mb"])
         connects.append(result["connect_seconds"])
         started = time.perf_counter()
@@ -51,6 +70,11 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
         "runs": runs,
         "pass_seconds": passes,
         "pass_median_s": median(passes),
+        "ready_seconds": ready,
+        "ready_median_s": median(ready),
+        "in_window_seconds": in_window,
+        "in_window_median_s": median(in_window),
+        "in_window_ready_median_s": median(in_window_ready),
         "connect_median_s": median(connects),
         "peak_rss_median_mb": median(peaks),
         "process_seconds": processes,
@@ -132,7 +156,10 @@ def main() -> None:
             extra["closed_cases"] = args.closed
             extra["closed_hot"] = args.hot
         result = measure_restart(config, args.runs)
-    print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s, "
+    print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s "
+          f"(ready {result['ready_median_s']:.3f} s; in the send window "
+          f"{result['in_window_median_s']:.3f} s, ready {result['in_window_ready_median_s']:.3f}"
+          f" s), "
           f"process {result['process_median_s']:.2f} s, peak {result['peak_rss_median_mb']:.0f}"
           f" MB ({result['open_cases']} open cases of {result['cases']})")
     name = "restart" if not args.closed else f"restart-closed-{args.closed}" + (

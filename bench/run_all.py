@@ -106,12 +106,21 @@ def rows() -> list[list[str]]:
             f"{m['relance'] / m['raw']:.1f}x", "", str(headers["runs"]), headers["command"]])
     restart = load_results("restart")
     if restart:
+        # Ready: the pass and what `relance run` does before IDLE (older results: the pass).
+        ready = restart.get("ready_median_s", restart["pass_median_s"])
         out.append([
-            "2 restart, unchanged mailbox", f"{size_label(restart['size'])} msgs, "
-            f"{restart['open_cases']} open cases", f"pass {_s(restart['pass_median_s'])}",
+            "2 restart, unchanged mailbox, 07:00 (before the send window)",
+            f"{size_label(restart['size'])} msgs, {restart['open_cases']} open cases",
+            f"ready {_s(ready)} (the pass {_s(restart['pass_median_s'])})",
             f"whole `relance run --once` {_s(restart['process_median_s'])}", "",
-            f"< 0.5 s: {_mark(restart['pass_median_s'] < 0.5)}", str(restart["runs"]),
-            restart["command"]])
+            f"< 0.5 s: {_mark(ready < 0.5)}", str(restart["runs"]), restart["command"]])
+        if "in_window_median_s" in restart:
+            inside = restart["in_window_ready_median_s"]
+            out.append([
+                "2 restart, unchanged mailbox, 09:00 (in the send window)",
+                f"{size_label(restart['size'])} msgs, {restart['open_cases']} open cases",
+                f"ready {_s(inside)} (the pass {_s(restart['in_window_median_s'])})", "", "",
+                f"< 0.5 s: {_mark(inside < 0.5)}", str(restart["runs"]), restart["command"]])
     for closed in (10_000, 30_000):
         after, before = (load_results(f"restart-closed-{closed}"),
                          load_results(f"restart-closed-{closed}-before"))

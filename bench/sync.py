@@ -133,6 +133,20 @@ def time_body_reading() -> dict[str, float]:
     return spent
 
 
+def _before_idle(daemon: Any, now: Any) -> None:
+    """What `relance run` does after a pass and before IDLE (`Service.serve`): the next
+    wake-up, and the status line systemd shows. A daemon is ready once they are done."""
+    from relance.model import OPEN_STATES
+    from relance.service import status_line
+
+    daemon.next_wake(now)
+    rt = daemon.rt
+    with daemon.store.reading() as view:
+        cases = view.cases_in(OPEN_STATES)
+    status_line(cases.values(), rt.rules, rt.calendar, now.astimezone(rt.config.tz),
+                rt.config.mode)
+
+
 def relance_pass_child(config: Path, now: str, profile: Path | None,
                        what_ifs: list[str] | None = None) -> dict[str, Any]:
     """In the child: one `run_pass` on the config's (fresh or kept) state, measured."""
@@ -157,6 +171,9 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
         connected = time.perf_counter()
         daemon.run_pass(mailbox, instant)
     seconds = time.perf_counter() - started
+    then_idle = time.perf_counter()
+    _before_idle(daemon, instant)
+    ready_seconds = seconds + time.perf_counter() - then_idle
     if profiler is not None:
         profiler.stop()
         assert profile is not None
@@ -176,6 +193,7 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
     cold = daemon.store.state_dir / COLD_FILE
     return {
         "seconds": seconds,
+        "ready_seconds": ready_seconds,
         "body_seconds": reading["seconds"],
         "bodies_read": reading["calls"],
         "connect_seconds": connected - started,
