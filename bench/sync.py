@@ -139,12 +139,13 @@ def _before_idle(daemon: Any, now: Any) -> None:
     from relance.model import OPEN_STATES
     from relance.service import status_line
 
-    daemon.next_wake(now)
     rt = daemon.rt
+    planned = daemon.planned(now) if hasattr(daemon, "planned") else None  # older code
+    daemon.next_wake(now, *([planned] if planned is not None else []))
     with daemon.store.reading() as view:
         cases = view.cases_in(OPEN_STATES)
     status_line(cases.values(), rt.rules, rt.calendar, now.astimezone(rt.config.tz),
-                rt.config.mode)
+                rt.config.mode, *([planned] if planned is not None else []))
 
 
 def relance_pass_child(config: Path, now: str, profile: Path | None,

@@ -25,7 +25,7 @@ from relance.config import Config
 from relance.core.schedule import BusinessCalendar, plan_next
 from relance.logs import quote
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
-from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode
+from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode, PlannedStep
 from relance.rules.model import Rules
 from relance.sdnotify import Notifier, Watchdog, watchdog_interval
 
@@ -43,9 +43,11 @@ class _Stop(BaseException):
 
 
 def status_line(cases: Iterable[Case], rules: Rules, calendar: BusinessCalendar,
-                now: datetime, mode: Mode = Mode.SEND) -> str:
+                now: datetime, mode: Mode = Mode.SEND,
+                planned: Iterable[tuple[Case, PlannedStep]] | None = None) -> str:
     """What `systemctl status` shows: e.g. "12 open cases, next send Tue 08:30 (F-14
-    reminder-1)". Pure, so it is tested without a mailbox."""
+    reminder-1)". Pure, so it is tested without a mailbox. `planned`, when given, is
+    `Daemon.planned` at `now` (the daemon has just planned for its idle timer)."""
     open_cases = [c for c in cases if c.state in OPEN_STATES]
     count = len(open_cases)
     text = f"{count} open case{'' if count == 1 else 's'}"
@@ -53,10 +55,11 @@ def status_line(cases: Iterable[Case], rules: Rules, calendar: BusinessCalendar,
                  if (n := sum(c.state is state for c in open_cases))]
     if attention:
         text += f" ({', '.join(attention)})"
-    planned = [(p.at, c.number, p) for c in open_cases
-               if (p := plan_next(c, rules, calendar, now)) is not None]
-    if planned:
-        at, number, step = min(planned, key=lambda item: (item[0], item[1]))
+    steps = ([(p.at, c.number, p) for c, p in planned] if planned is not None
+             else [(p.at, c.number, p) for c in open_cases
+                   if (p := plan_next(c, rules, calendar, now)) is not None])
+    if steps:
+        at, number, step = min(steps, key=lambda item: (item[0], item[1]))
         text += (f", next {_CHANNEL_WORDS.get(step.channel, 'step')} "
                  f"{_when(at, now)} ({number} {step.step_name})")
     elif count:
@@ -175,8 +178,9 @@ class Service:
             self.watchdog.kick()
             self.daemon.run_pass(mailbox, now)
             self.watchdog.kick()
-            wake = self.daemon.next_wake(now)
-            self.report_status(now)
+            planned = self.daemon.planned(now)
+            wake = self.daemon.next_wake(now, planned)
+            self.report_status(now, planned)
             if self.stop_requested:
                 break
             seconds = min((wake - now).total_seconds(), REIDLE_SECONDS)
@@ -227,7 +231,9 @@ class Service:
         self.notifier.ready()
         self.report_status(self.clock.now())
 
-    def report_status(self, now: datetime) -> None:
+    def report_status(
+        self, now: datetime, planned: list[tuple[Case, PlannedStep]] | None = None
+    ) -> None:
         if not self.notifier.enabled:
             return
         rt = self.daemon.rt
@@ -235,7 +241,7 @@ class Service:
             with self.daemon.store.reading() as view:
                 cases = view.cases_in(OPEN_STATES)
             text = status_line(cases.values(), rt.rules, rt.calendar,
-                               now.astimezone(rt.config.tz), rt.config.mode)
+                               now.astimezone(rt.config.tz), rt.config.mode, planned)
         except Exception as exc:  # the status line is a courtesy; never fail a pass on it
             text = f"status unavailable ({type(exc).__name__}: {exc})"
         self.notifier.status(text)

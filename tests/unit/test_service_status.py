@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from relance.core.schedule import BusinessCalendar
+from relance.core.schedule import BusinessCalendar, plan_next
 from relance.model import Case, CaseState, Mode
 from relance.rules.load import load_rules
 from relance.rules.model import Rules
@@ -77,6 +77,21 @@ def test_cases_that_need_a_human_are_counted(rules: Rules, calendar: BusinessCal
     ]
     assert status_line(cases, rules, calendar, NOW, Mode.DRY_RUN) == (
         "dry-run: 3 open cases (1 paused, 1 need facts), next send Tue 08:30 (F-1 courtesy)")
+
+
+def test_the_plans_a_daemon_made_give_the_same_line(
+    rules: Rules, calendar: BusinessCalendar
+) -> None:
+    cases = [case("F-2", date(2026, 3, 13)), case("F-1", date(2026, 3, 8)),
+             case("F-3", None, CaseState.NEEDS_FACTS)]
+    planned = [(c, p) for c in cases if (p := plan_next(c, rules, calendar, NOW)) is not None]
+    assert [c.number for c, _ in planned] == ["F-2", "F-1"]
+    assert status_line(cases, rules, calendar, NOW, planned=planned) == status_line(
+        cases, rules, calendar, NOW) == (
+        "3 open cases (1 need facts), next send Tue 08:30 (F-1 courtesy)")
+    # The line is read from the plans it is given, not planned again.
+    assert status_line(cases, rules, calendar, NOW, planned=[]) == (
+        "3 open cases (1 need facts), nothing planned")
 
 
 def test_open_cases_with_nothing_planned(rules: Rules, calendar: BusinessCalendar) -> None:
