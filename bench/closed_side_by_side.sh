@@ -8,17 +8,7 @@
 #     bash bench/closed_side_by_side.sh [BEFORE]
 set -euo pipefail
 BEFORE=${1:-1832ad3}
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-OLD=$(mktemp -d /tmp/relance-before.XXXXXX)
-trap 'git -C "$HERE" worktree remove --force "$OLD/tree" >/dev/null 2>&1 || true; rm -rf "$OLD"' EXIT
-git -C "$HERE" worktree add --detach "$OLD/tree" "$BEFORE" >/dev/null
-# The old code, with this checkout's bench (its seeding writes the closed cases' journal).
-cp "$HERE/bench/restart.py" "$HERE/bench/state_cost.py" "$OLD/tree/bench/"
-ln -s "$HERE/build" "$OLD/tree/build"
-mkdir -p "$OLD/pkg" && ln -s "$OLD/tree/daemon" "$OLD/pkg/relance"
-R=$HERE/build/bench/results
+HERE=$(cd "$(dirname "$0")" && pwd)
 for N in 10000 30000; do
-  (cd "$OLD/tree" && PYTHONPATH="$OLD/pkg" python -m bench.restart --size 100k --runs 5 --closed "$N")
-  mv "$R/restart-closed-$N.json" "$R/restart-closed-$N-before.json"
-  (cd "$HERE" && python -m bench.restart --size 100k --runs 5 --closed "$N")
+  bash "$HERE/before_after.sh" "$BEFORE" "restart-closed-$N" restart --size 100k --runs 5 --closed "$N"
 done

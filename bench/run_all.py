@@ -204,6 +204,8 @@ def plot() -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("matplotlib is missing (python -m pip install -e '.[bench]'): no plot drawn "
+              "and none linked from the doc", file=sys.stderr)
         return False
     sync, peer, memory, state = (load_results(n) for n in
                                  ("sync", "peer_imapfilter", "memory", "state_cost"))
@@ -281,7 +283,9 @@ header fetch) and a peer (imapfilter), on a real Dovecot on loopback. Written by
 `python -m bench.run_all` from `build/bench/results/*.json`; every figure is the median
 of the runs shown, each run on its own copy of the generated mailbox (see
 `bench/mailbox_gen.py` for its mix: 10 % open invoices with a PDF, 5 % old ones, quotes,
-replies, newsletters and other mail, over Sent and INBOX).
+replies, newsletters and other mail, over Sent and INBOX). What they need besides the
+test command's Dovecot: `python -m pip install -e '.[bench]'` (matplotlib, pyinstrument,
+py-spy) and `apt-get install -y imapfilter` (the peer).
 
 Machine: **{info['cores']} cores** (`nproc`), {info['cpu']}, Python {info['python']},
 {info['platform']}. Dovecot runs on the same cores, and other work shared the machine
