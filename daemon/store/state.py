@@ -461,7 +461,7 @@ def case_from_doc(doc: Mapping[str, Any]) -> Case:
         for field, convert in optional.items():
             if field in doc:
                 kwargs[field] = convert(doc[field])
-        return Case(**kwargs)
+        return Case.from_fields(kwargs)
     except KeyError as exc:
         raise ValueError(f"case {number}: field {field}: missing {exc}") from exc
     except (TypeError, ValueError) as exc:

@@ -87,17 +87,6 @@ def test_client_gap_holds_across_invoices_of_one_client() -> None:
     assert planned is not None and planned.at.date() == date(2026, 11, 16)
 
 
-def test_with_last_contact_is_replace_of_that_one_field() -> None:
-    a = case("A", date(2026, 11, 2), steps=(StepRecord(2, "reminder-1", at(date(2026, 11, 9)),
-                                                        "<a2@firm.fr>", "sent"),))
-    moved = a.with_last_contact(at(date(2026, 11, 12)))
-    assert moved == dataclasses.replace(a, last_contact_at=at(date(2026, 11, 12)))
-    assert a.last_contact_at is None  # the original is untouched
-    assert hash(moved) == hash(dataclasses.replace(a, last_contact_at=moved.last_contact_at))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        moved.last_contact_at = None  # type: ignore[misc]
-
-
 def test_other_clients_do_not_share_a_gap() -> None:
     a = case("A", date(2026, 11, 2), steps=(StepRecord(2, "reminder-1", at(date(2026, 11, 9)),
                                                         "<a2@firm.fr>", "sent"),))
