@@ -6,7 +6,7 @@ is started again on the same state and the same, unchanged mailbox, `runs` times
 The state is the one a first pass leaves: by default built directly (bench.state_cost's
 10k open cases, and each folder's cursor at the mailbox's last UID, then one untimed
 pass, which creates relance's folders), because a real first pass over 100k messages
-takes most of an hour today; `--real-first-pass` runs that pass instead. The figures:
+takes one to two minutes; `--real-first-pass` runs that pass instead. The figures:
 the second `run_pass` itself (connect, SELECT each folder, see nothing is new, decide
 nothing is due); "ready", that pass and what `relance run` does before it idles (the
 next wake-up and the status line); both at bench.NOW (07:00, before the send window) and
