@@ -186,12 +186,14 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
     for entry in daemon.journal.entries():
         events[str(entry["event"])] = events.get(str(entry["event"]), 0) + 1
     from relance.model import OPEN_STATES
-    from relance.store.state import COLD_FILE
+    from relance.store import state as state_module
 
+    # relance before the cold file (1832ad3, bench/closed_side_by_side.sh) has none of it
     with daemon.store.reading() as view:
-        cases, open_cases, cold_cases = (len(view.case_map()), len(view.cases_in(OPEN_STATES)),
-                                         view.cold_count())
-    cold = daemon.store.state_dir / COLD_FILE
+        cases, open_cases, cold_cases = (
+            len(view.case_map()), len(view.cases_in(OPEN_STATES)),
+            view.cold_count() if hasattr(view, "cold_count") else 0)
+    cold = daemon.store.state_dir / getattr(state_module, "COLD_FILE", "closed.jsonl")
     return {
         "seconds": seconds,
         "ready_seconds": ready_seconds,
