@@ -74,6 +74,7 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
         "ready_median_s": median(ready),
         "in_window_seconds": in_window,
         "in_window_median_s": median(in_window),
+        "in_window_ready_seconds": in_window_ready,
         "in_window_ready_median_s": median(in_window_ready),
         "connect_median_s": median(connects),
         "peak_rss_median_mb": median(peaks),

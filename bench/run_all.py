@@ -15,6 +15,7 @@ import argparse
 import subprocess
 import sys
 import time
+from typing import Any
 
 from bench import REPO_ROOT, load_results, machine, median, size_label
 
@@ -72,6 +73,12 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _commit_of(result: dict[str, Any]) -> str:
+    """The commit a result was measured at (`bench.machine`'s git describe, less -dirty:
+    before_after.sh copies this checkout's bench into the old tree)."""
+    return str(result["machine"]["relance_code"].split()[-1].removesuffix("-dirty"))
+
+
 def rows() -> list[list[str]]:
     """One table row per figure: what, size, relance, reference, ratio, target, runs."""
     out: list[list[str]] = []
@@ -123,10 +130,10 @@ def rows() -> list[list[str]]:
                 f"< 0.5 s: {_mark(inside < 0.5)}", str(restart["runs"]), restart["command"]])
         before = load_results("restart-before")  # bench/before_after.sh BEFORE restart ...
         if before and "ready_median_s" in before:
-            commit = before["machine"]["relance_code"].split()[-1].removesuffix("-dirty")
             out.append([
-                "2 restart, unchanged mailbox: the code before", f"{commit}, the same "
-                "state, just before", f"ready {_s(before['ready_median_s'])} at 07:00, "
+                "2 restart, unchanged mailbox: the code before",
+                f"{_commit_of(before)}, the same state, just before",
+                f"ready {_s(before['ready_median_s'])} at 07:00, "
                 f"{_s(before['in_window_ready_median_s'])} at 09:00", "",
                 f"{ready / before['ready_median_s']:.2f}x at 07:00, "
                 f"{restart['in_window_ready_median_s'] / before['in_window_ready_median_s']:.2f}x"
@@ -139,13 +146,12 @@ def rows() -> list[list[str]]:
             key = ("ready_median_s" if "ready_median_s" in after and "ready_median_s" in before
                    else "pass_median_s")
             what = "ready" if key == "ready_median_s" else "pass"
-            commit = before["machine"]["relance_code"].split()[-1].removesuffix("-dirty")
             out.append([
                 "2 restart, years of closed cases", f"{size_label(after['size'])} msgs, "
                 f"{after['open_cases']} open + {closed} paid and sealed",
                 f"{what} {_s(after[key])}, peak {after['peak_rss_median_mb']:.0f} MB "
                 f"({after['cold_cases']} in `closed.jsonl`)",
-                f"the same before the cold file ({commit}): {_s(before[key])}, "
+                f"the same before the cold file ({_commit_of(before)}): {_s(before[key])}, "
                 f"{before['peak_rss_median_mb']:.0f} MB",
                 f"{after[key] / before[key]:.2f}x", "",
                 str(after["runs"]), after["command"]])

@@ -140,12 +140,13 @@ def _before_idle(daemon: Any, now: Any) -> None:
     from relance.service import status_line
 
     rt = daemon.rt
-    planned = daemon.planned(now) if hasattr(daemon, "planned") else None  # older code
-    daemon.next_wake(now, *([planned] if planned is not None else []))
+    # relance before Daemon.planned (12075a3, bench/before_after.sh) planned in each call
+    shared = (daemon.planned(now),) if hasattr(daemon, "planned") else ()
+    daemon.next_wake(now, *shared)
     with daemon.store.reading() as view:
         cases = view.cases_in(OPEN_STATES)
     status_line(cases.values(), rt.rules, rt.calendar, now.astimezone(rt.config.tz),
-                rt.config.mode, *([planned] if planned is not None else []))
+                rt.config.mode, *shared)
 
 
 def relance_pass_child(config: Path, now: str, profile: Path | None,
