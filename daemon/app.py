@@ -41,7 +41,7 @@ from relance.config import Config
 from relance.core import compose
 from relance.core.schedule import (
     BusinessCalendar,
-    plan_next,
+    plan_each,
 )
 from relance.intake import Intake
 from relance.listening import Listening
@@ -349,8 +349,7 @@ class Daemon(Sync, Intake, Listening, Acting):
         plans took 0.3 s on this project's 2-core machines)."""
         with self.store.reading() as view:
             cases = view.cases_in(OPEN_STATES)
-        return [(c, p) for c in cases.values()
-                if (p := plan_next(c, self.rt.rules, self.rt.calendar, now)) is not None]
+        return plan_each(cases.values(), self.rt.rules, self.rt.calendar, now)
 
     def next_wake(
         self, now: datetime, planned: list[tuple[Case, PlannedStep]] | None = None

@@ -22,7 +22,7 @@ from typing import Any
 
 from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime
 from relance.config import Config
-from relance.core.schedule import BusinessCalendar, plan_next
+from relance.core.schedule import BusinessCalendar, plan_each
 from relance.logs import quote
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
 from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode, PlannedStep
@@ -55,9 +55,9 @@ def status_line(cases: Iterable[Case], rules: Rules, calendar: BusinessCalendar,
                  if (n := sum(c.state is state for c in open_cases))]
     if attention:
         text += f" ({', '.join(attention)})"
-    steps = ([(p.at, c.number, p) for c, p in planned] if planned is not None
-             else [(p.at, c.number, p) for c in open_cases
-                   if (p := plan_next(c, rules, calendar, now)) is not None])
+    if planned is None:
+        planned = plan_each(open_cases, rules, calendar, now)
+    steps = [(p.at, c.number, p) for c, p in planned]
     if steps:
         at, number, step = min(steps, key=lambda item: (item[0], item[1]))
         text += (f", next {_CHANNEL_WORDS.get(step.channel, 'step')} "

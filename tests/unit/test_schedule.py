@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from relance.core.schedule import BusinessCalendar, due_decisions, plan_next
+from relance.core.schedule import BusinessCalendar, due_decisions, plan_each, plan_next
 from relance.model import Case, CaseState, Channel, StepRecord
 from relance.rules.model import Offset, Rules
 
@@ -550,3 +550,67 @@ def test_window_start_in_the_spring_forward_gap_is_a_real_instant() -> None:
     assert at == utc(2027, 3, 28, 1, 30)
     assert at.astimezone(UTC).astimezone(PARIS) == at
     assert cal.in_window(at)
+
+
+# --- planning many cases at once: the caches change no answer --------------------------
+
+
+def test_a_calendar_answers_the_same_from_its_caches() -> None:
+    # A shared calendar memoises business-day sums and window starts; each answer, asked
+    # twice, equals a brand-new calendar's, over Christmas, Easter and both clock changes.
+    shared = BusinessCalendar.from_rules(DEFAULT_RULES, PARIS)
+    offsets = [Offset.parse(text) for text in ("+0bd", "+3bd", "-2bd", "+10bd", "+5d", "-5d")]
+    day = date(2026, 3, 20)
+    while day < date(2027, 4, 10):
+        for offset in offsets:
+            fresh = BusinessCalendar.from_rules(DEFAULT_RULES, PARIS)
+            assert shared.add(day, offset) == shared.add(day, offset) == fresh.add(day, offset)
+        fresh = BusinessCalendar.from_rules(DEFAULT_RULES, PARIS)
+        start = shared.next_window_start(day)
+        assert start == shared.next_window_start(day) == fresh.next_window_start(day)
+        assert start.utcoffset() == fresh.next_window_start(day).utcoffset()
+        day += timedelta(days=3)
+
+
+def test_plan_each_is_plan_next_of_each_case() -> None:
+    now = paris(2026, 12, 21, 9, 0)
+    cases = [
+        make_case(number="chasing"),
+        make_case(number="no-due-date", due_date=None),
+        make_case(number="never", client_addrs=("ap@prelevement.fr",)),
+        make_case(number="paused-over", state=CaseState.PAUSED,
+                  paused_until=paris(2026, 12, 20, 12, 0)),
+        make_case(number="paused-on", state=CaseState.PAUSED,
+                  paused_until=paris(2027, 1, 4, 12, 0)),
+        make_case(number="reminded", steps=done((2, paris(2026, 12, 21, 8, 31))),
+                  last_contact_at=datetime(2026, 12, 30, 23, 30, tzinfo=UTC)),
+        make_case(number="through", steps=done((5, paris(2027, 1, 25, 8, 30)))),
+        make_case(number="plan", instalments=((date(2026, 12, 1), Decimal("600.00")),
+                                              (date(2027, 1, 1), Decimal("600.00")))),
+        make_case(number="paid", state=CaseState.PAID),
+    ]
+    expected = [(c, p) for c in cases if (p := plan_next(c, DEFAULT_RULES, CAL, now))]
+    assert plan_each(cases, DEFAULT_RULES, CAL, now) == expected
+    assert [c.number for c, _ in expected] == ["chasing", "paused-over", "reminded", "plan"]
+
+
+def test_the_gap_counts_from_the_latest_instant_whatever_its_offset() -> None:
+    # 23:30 UTC on the 17th is later than 23:45 at +01:00 on the same day (22:45 UTC), and
+    # is already the 18th in Paris: the gap counts from the 18th (+7 is Christmas).
+    case = make_case(
+        steps=(StepRecord(1, "courtesy", datetime(2026, 12, 17, 23, 45, tzinfo=PLUS_ONE),
+                          "<r1@atelier.fr>", "sent"),),
+        last_contact_at=utc(2026, 12, 17, 23, 30),
+    )
+    planned = plan_next(case, DEFAULT_RULES, CAL, paris(2026, 12, 19))
+    assert planned is not None
+    assert planned.at == paris(2026, 12, 28, 8, 30)
+
+
+@pytest.mark.parametrize("steps_aware", [True, False])
+def test_a_naive_contact_is_refused_beside_aware_steps_or_alone(steps_aware: bool) -> None:
+    at = paris(2026, 12, 10, 9, 0) if steps_aware else datetime(2026, 12, 10, 9, 0)
+    case = make_case(steps=(StepRecord(1, "courtesy", at, "<r1@atelier.fr>", "sent"),),
+                     last_contact_at=datetime(2026, 12, 12, 9, 0))
+    with pytest.raises(ValueError, match="contact must be timezone-aware"):
+        plan_next(case, DEFAULT_RULES, CAL, paris(2026, 12, 19))
