@@ -612,16 +612,23 @@ class _Snapshot:
     is read (the same value, in the form the daemon uses: a first read of 100k messages
     held 15k cases twice, as documents and as Cases). A transaction forks it and copies a
     dict the first time it writes to it.
+
+    The Message-ID and address indexes are built the first time something asks for them:
+    only new mail does, and a restart on an unchanged mailbox never does (building them
+    was a sixth of a restart at 10k open cases). A case write asks for them before it
+    changes the table, so an index built late is built from the same table an eager one
+    was, and then kept current the same way.
     """
 
     __slots__ = (
-        "by_address",
+        "_by_address",
+        "_thread_index",
         "case_ids",
         "cursor_ids",
         "next_ids",
+        "path",
         "send_ids",
         "tables",
-        "thread_index",
     )
 
     tables: dict[str, dict[str, dict[str, Any]]]
@@ -629,8 +636,9 @@ class _Snapshot:
     cursor_ids: dict[str, int]
     send_ids: dict[str, int]
     next_ids: dict[str, int]
-    thread_index: Index
-    by_address: Index
+    path: Path
+    _thread_index: Index | None
+    _by_address: Index | None
 
     def fork(self) -> _Snapshot:
         """A new snapshot sharing every dict with this one (for copy-on-write)."""
@@ -638,6 +646,45 @@ class _Snapshot:
         for name in self.__slots__:
             setattr(twin, name, getattr(self, name))
         return twin
+
+    @property
+    def thread_index(self) -> Index:
+        """Message-ID → numbers of the cases whose thread holds it."""
+        if self._thread_index is None:
+            self._build_indexes()
+        assert self._thread_index is not None
+        return self._thread_index
+
+    @thread_index.setter
+    def thread_index(self, index: Index) -> None:
+        self._thread_index = index
+
+    @property
+    def by_address(self) -> Index:
+        """A client address, or "@domain" → numbers of the cases that list it."""
+        if self._by_address is None:
+            self._build_indexes()
+        assert self._by_address is not None
+        return self._by_address
+
+    @by_address.setter
+    def by_address(self, index: Index) -> None:
+        self._by_address = index
+
+    def _build_indexes(self) -> None:
+        lists: dict[str, dict[str, list[str]]] = {name: {} for name, _ in _INDEXES}
+        try:
+            for entry in self.tables.get(_CASES, {}).values():
+                number = entry.number if isinstance(entry, Case) else entry["number"]
+                for name, keys_of in _INDEXES:
+                    index = lists[name]
+                    for key in keys_of(entry):
+                        index.setdefault(key, []).append(number)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateCorrupt(self.path, f"a case's thread or addresses are malformed "
+                                          f"({exc!r})") from exc
+        for name, _ in _INDEXES:
+            setattr(self, name, {key: tuple(numbers) for key, numbers in lists[name].items()})
 
 
 def _next_id(table: Mapping[str, Any]) -> int:
@@ -658,18 +705,15 @@ def build_snapshot(data: dict[str, dict[str, Any]], path: Path) -> _Snapshot:
         )
     snap = _Snapshot.__new__(_Snapshot)
     snap.tables = data
+    snap.path = path
+    snap._thread_index = snap._by_address = None  # built when first asked for
     snap.case_ids, snap.cursor_ids, snap.send_ids = {}, {}, {}
-    lists: dict[str, dict[str, list[str]]] = {name: {} for name, _ in _INDEXES}
     try:
         for doc_id, doc in data.get(_CASES, {}).items():
             number = doc["number"]
             if number in snap.case_ids:
                 raise StateCorrupt(path, f"case {number} is stored twice")
             snap.case_ids[number] = int(doc_id)
-            for name, keys_of in _INDEXES:
-                index = lists[name]
-                for key in keys_of(doc):
-                    index.setdefault(key, []).append(number)
         for doc_id, doc in data.get(_CURSORS, {}).items():
             snap.cursor_ids[doc["folder"]] = int(doc_id)
         for doc_id, doc in data.get(_SENDS, {}).items():
@@ -677,8 +721,6 @@ def build_snapshot(data: dict[str, dict[str, Any]], path: Path) -> _Snapshot:
         snap.next_ids = {name: _next_id(table) for name, table in data.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateCorrupt(path, f"a document lacks its key or is malformed ({exc!r})") from exc
-    for name, _ in _INDEXES:
-        setattr(snap, name, {key: tuple(numbers) for key, numbers in lists[name].items()})
     return snap
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relance.model import CaseState
+from relance.model import OPEN_STATES, CaseState
 from relance.store import state as state_module
 from relance.store.state import (
     Cursor,
@@ -317,3 +317,49 @@ def test_a_transaction_reads_a_batch_through_its_live_indexes(tmp_path: Path) ->
         assert [c.number for c in tx.open_cases_of("compta@client.fr")] == ["F1", "F2", "F4"]
         assert tx.open_cases_of("x@other.fr") == []
         assert list(tx.cases()) == ["F1", "F2", "F3", "F4"]
+
+
+def test_the_indexes_are_built_when_first_asked_for_and_agree_with_a_fresh_build(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        tx.put_case(make_case("F1", thread_ids=("<reply-F1@client.fr>",)))
+        tx.put_case(make_case("F2", client_addrs=("x@other.fr",)))
+        tx.put_case(make_case("F3", state=CaseState.PAID))
+    restarted = StateStore(tmp_path)
+    with restarted.reading() as view:
+        assert sorted(view.cases_in(OPEN_STATES)) == ["F1", "F2"]
+        assert view.get_case("F3") is not None
+    cached = restarted._cache
+    assert cached is not None
+    # What a restart on an unchanged mailbox reads leaves both indexes unbuilt.
+    assert cached.snapshot._thread_index is None and cached.snapshot._by_address is None
+
+    with restarted.transaction() as tx:  # the first thing asked of them is a write
+        tx.put_case(make_case("F4", thread_ids=("<reply-F1@client.fr>",)))
+        tx.put_case(make_case("F2", client_addrs=("compta@client.fr",)))
+    with restarted.reading() as view:
+        assert [c.number for c in view.find_cases_by_message_id("<reply-F1@client.fr>")] \
+            == ["F1", "F4"]
+        assert [c.number for c in view.open_cases_of("compta@client.fr")] == ["F1", "F2", "F4"]
+    kept = restarted._cache
+    assert kept is not None
+    with StateStore(tmp_path).reading() as fresh:  # kept current, a write appends
+        for name in ("thread_index", "by_address"):
+            assert {key: sorted(numbers) for key, numbers in getattr(fresh._s, name).items()} \
+                == {key: sorted(numbers) for key, numbers
+                    in getattr(kept.snapshot, name).items()}
+
+
+def test_a_malformed_thread_is_reported_when_the_index_is_built(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        tx.put_case(make_case("F1"))
+    data = json.loads(store.path.read_text())
+    data["cases"]["1"]["steps"] = [17]  # a step that is not a document
+    store.path.write_text(json.dumps(data))
+    with StateStore(tmp_path).reading() as view:
+        assert view.cursor("INBOX") is None  # the load itself reads no thread
+        with pytest.raises(StateCorrupt, match=r"state.json: a case's thread or addresses"):
+            view.find_case_by_message_id("<inv-F1@atelier.fr>")
