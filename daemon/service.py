@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from relance import heap
 from relance.app import REIDLE_SECONDS, Clock, Daemon, Runtime
 from relance.config import Config
 from relance.core.schedule import BusinessCalendar, plan_each
@@ -126,7 +127,7 @@ class Service:
     def run(self) -> None:
         imap = self.daemon.config.imap
         with self.daemon.store.lock_daemon() as pid:
-            self.daemon.store.upgrade()
+            self.daemon.warm_start()
             log.info("event=started mode=%s pid=%d imap=%s watchdog=%s",
                      self.daemon.config.mode.value, pid, quote(f"{imap.host}:{imap.port}"),
                      f"{self.watchdog.interval:g}s" if self.watchdog.interval else "off")
@@ -226,6 +227,7 @@ class Service:
             log.error("event=reload-failed reason=%s kept=previous", quote(reason))
         else:
             self.daemon.rt = fresh
+            heap.thaw()  # the Runtime it replaces was frozen at start, cycles and all
             log.info("event=reloaded steps=%d templates=%d", len(fresh.rules.steps),
                      len(fresh.templates.names()))
         self.notifier.ready()

@@ -6,6 +6,7 @@ giving every test its own mailbox users, never from restarting servers.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,14 @@ from tests.mailservers import (  # noqa: E402
     MakeUser,
     SmtpServer,
 )
+
+
+@pytest.fixture(autouse=True)
+def _thawed_heap() -> Iterator[None]:
+    """A daemon started in this process freezes the heap (`relance.heap`), test garbage
+    and all; give it back to the collector after each test, as a reload does."""
+    yield
+    gc.unfreeze()
 
 
 def pytest_configure(config: pytest.Config) -> None:

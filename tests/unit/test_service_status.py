@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -147,9 +148,11 @@ def test_reload_takes_the_new_rules(tmp_path: Path, listener: Listener, rules: R
     old, new = runtime(rules, calendar, "old"), runtime(rules, calendar, "new")
     svc = service(tmp_path, listener, old, lambda: new)
     svc.on_hup(1, None)
+    gc.freeze()  # as the start-up did, with the old rules among the frozen objects
     with caplog.at_level(logging.INFO, logger="relance"):
         svc.handle_reload()
     assert svc.daemon.rt.label == "new"
+    assert gc.get_freeze_count() == 0, "the replaced Runtime goes back to the collector"
     assert "event=reloaded steps=5 templates=1" in caplog.text
     sent = listener.messages()
     assert sent[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
