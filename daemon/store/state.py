@@ -625,6 +625,7 @@ class _Snapshot:
         "_thread_index",
         "case_ids",
         "cursor_ids",
+        "found",
         "next_ids",
         "path",
         "send_ids",
@@ -637,6 +638,9 @@ class _Snapshot:
     send_ids: dict[str, int]
     next_ids: dict[str, int]
     path: Path
+    # `cases_in`'s answers for this snapshot, by the states asked (a pass asks for the
+    # open cases three times); a transaction starts its own and empties it at each write.
+    found: dict[frozenset[CaseState], dict[str, Case]]
     _thread_index: Index | None
     _by_address: Index | None
 
@@ -645,6 +649,7 @@ class _Snapshot:
         twin = _Snapshot.__new__(_Snapshot)
         for name in self.__slots__:
             setattr(twin, name, getattr(self, name))
+        twin.found = {}
         return twin
 
     @property
@@ -707,6 +712,7 @@ def build_snapshot(data: dict[str, dict[str, Any]], path: Path) -> _Snapshot:
     snap.tables = data
     snap.path = path
     snap._thread_index = snap._by_address = None  # built when first asked for
+    snap.found = {}
     snap.case_ids, snap.cursor_ids, snap.send_ids = {}, {}, {}
     try:
         for doc_id, doc in data.get(_CASES, {}).items():
@@ -797,8 +803,14 @@ class StateView:
         """The cases in one of `states` by number, in the order they were first stored,
         decoding only those: a pass asks for the open ones, and years of closed cases are
         left as they are stored (decoding 10k of them cost a restart 0.44 s)."""
-        wanted = {state.value for state in states}
-        return self._decoded_where(lambda _entry, state: state in wanted)
+        key = frozenset(states)
+        found = self._s.found.get(key)
+        if found is None:
+            wanted = {state.value for state in key}
+            found = self._decoded_where(lambda _entry, state: state in wanted)
+            if not key & COLD_STATES:  # cold cases are read from their file each time
+                self._s.found[key] = found
+        return dict(found)
 
     def closed_cases_since(self, instant: datetime) -> dict[str, Case]:
         """The cases not in OPEN_STATES with a step or a contact at or after `instant`,
@@ -958,7 +970,8 @@ _KNOWN_STATES = frozenset(state.value for state in CaseState)
 def _state_of(entry: CaseEntry) -> str:
     """A stored case's state as stored, read without decoding the case."""
     if isinstance(entry, Case):
-        return CaseState(entry.state).value
+        state = entry.state
+        return state.value if type(state) is CaseState else CaseState(state).value
     return str(entry.get("state", CaseState.CHASING.value))
 
 
@@ -1060,6 +1073,8 @@ class Transaction(StateView):
             self._owned.add(key)
         tables[table][str(doc_id)] = doc
         self._dirty.setdefault(table, {})[str(doc_id)] = None
+        if table == _CASES:
+            self._s.found.clear()
 
     def _new_id(self, table: str) -> int:
         next_ids = self._own("next_ids")

@@ -363,3 +363,26 @@ def test_a_malformed_thread_is_reported_when_the_index_is_built(tmp_path: Path) 
         assert view.cursor("INBOX") is None  # the load itself reads no thread
         with pytest.raises(StateCorrupt, match=r"state.json: a case's thread or addresses"):
             view.find_case_by_message_id("<inv-F1@atelier.fr>")
+
+
+def test_the_open_cases_are_found_once_per_snapshot_and_a_write_is_seen(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path)
+    with store.transaction() as tx:
+        tx.put_case(make_case("F1"))
+        tx.put_case(make_case("F2", state=CaseState.PAID))
+    with store.reading() as view:
+        first = view.cases_in(OPEN_STATES)
+        first.pop("F1")  # the caller's own dict
+        assert list(view.cases_in(OPEN_STATES)) == ["F1"]
+        assert list(view.cases_in({CaseState.PAID})) == ["F2"]
+        assert set(view._s.found) == {frozenset(OPEN_STATES)}, "a cold state is not kept"
+    with store.transaction() as tx:
+        assert list(tx.cases_in(OPEN_STATES)) == ["F1"]
+        tx.put_case(make_case("F3"))
+        assert list(tx.cases_in(OPEN_STATES)) == ["F1", "F3"]
+        tx.put_case(make_case("F1", state=CaseState.STOPPED))
+        assert list(tx.cases_in(OPEN_STATES)) == ["F3"]
+    with store.reading() as view:
+        assert list(view.cases_in(OPEN_STATES)) == ["F3"]
