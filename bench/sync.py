@@ -136,17 +136,22 @@ def time_body_reading() -> dict[str, float]:
 def _before_idle(daemon: Any, now: Any) -> None:
     """What `relance run` does after a pass and before IDLE (`Service.serve`): the next
     wake-up, and the status line systemd shows. A daemon is ready once they are done."""
+    from relance import service
     from relance.model import OPEN_STATES
-    from relance.service import status_line
 
     rt = daemon.rt
     # relance before Daemon.planned (12075a3, bench/before_after.sh) planned in each call
     shared = (daemon.planned(now),) if hasattr(daemon, "planned") else ()
     daemon.next_wake(now, *shared)
+    local = now.astimezone(rt.config.tz)
+    if hasattr(service, "status_text"):  # Service.report_status, decoding no case
+        with daemon.store.reading() as view:
+            open_states = view.open_states()
+        service.status_text(open_states, shared[0], local, rt.config.mode)
+        return
     with daemon.store.reading() as view:
         cases = view.cases_in(OPEN_STATES)
-    status_line(cases.values(), rt.rules, rt.calendar, now.astimezone(rt.config.tz),
-                rt.config.mode, *shared)
+    service.status_line(cases.values(), rt.rules, rt.calendar, local, rt.config.mode, *shared)
 
 
 def relance_pass_child(config: Path, now: str, profile: Path | None,
@@ -171,7 +176,7 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
     started = time.perf_counter()
     with daemon.store.lock_daemon():
         if hasattr(daemon, "warm_start"):  # as `relance run` starts (older code had none)
-            daemon.warm_start()
+            daemon.warm_start(instant)
         opening = time.perf_counter()
         with Mailbox(daemon.config.imap) as mailbox:
             connected = time.perf_counter()
@@ -180,6 +185,8 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
     then_idle = time.perf_counter()
     _before_idle(daemon, instant)
     ready_seconds = seconds + time.perf_counter() - then_idle
+    if hasattr(daemon, "save_plan"):  # untimed: what `relance run` does when it stops
+        daemon.save_plan()
     if profiler is not None:
         profiler.stop()
         assert profile is not None

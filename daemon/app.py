@@ -43,6 +43,7 @@ from relance.core import compose
 from relance.core.schedule import (
     BusinessCalendar,
     plan_each,
+    plan_span,
 )
 from relance.intake import Intake
 from relance.listening import Listening
@@ -54,14 +55,22 @@ from relance.model import (
     Case,
     Firm,
     Mode,
-    PlannedStep,
 )
 from relance.rules.load import load_rules
 from relance.rules.model import Rules
 from relance.store.journal import Journal
 from relance.store.outbox import Outbox
+from relance.store.plan import (
+    PLAN_FILE,
+    Planned,
+    SavedPlan,
+    plan_inputs,
+    plan_key,
+    read_plan,
+    write_plan,
+)
 from relance.store.secret import load_or_create_secret
-from relance.store.state import StateStore
+from relance.store.state import StateStore, StateView
 from relance.sync import Sync
 from relance.templates import Templates, load_templates, sample_contexts
 
@@ -122,6 +131,12 @@ class Daemon(Sync, Intake, Listening, Acting):
         self._notice_position = 0  # keeps the Message-IDs of one pass's notices apart
         # Letters made this run, kept for the case's evidence bundle.
         self._letters: dict[str, tuple[Attachment, ...]] = {}
+        # The plan last made or read (`planned`), the one in plan.json, and the digest
+        # of the rules it was made with.
+        self._held_plan: SavedPlan | None = None
+        self._plan_on_disk: SavedPlan | None = None
+        self._plan_read = False
+        self._inputs: tuple[Runtime, str] | None = None
 
     @property
     def config(self) -> Config:
@@ -137,16 +152,18 @@ class Daemon(Sync, Intake, Listening, Acting):
             self.on_event(entry)
 
     # -- start-up ---------------------------------------------------------------------
-    def warm_start(self, *, decode_open: bool = True) -> int | None:
-        """Read the state (upgrading an older format) and, with `decode_open`, decode its
-        open cases, which the daemon's first plan reads anyway, as long-lived objects the
-        cyclic collector never scans again (`heap.long_lived`: load, plan and status at
-        10k open cases, medians of 9 fresh processes, 537 -> 474 ms). Returns the format
-        version the state was upgraded from, if any."""
+    def warm_start(self, now: datetime, *, will_plan: bool = True) -> int | None:
+        """Read the state (upgrading an older format) and, when the first pass or plan
+        will read them (inside the send window, or a daemon with no saved plan that
+        holds; `run --once` plans nothing), decode its open cases now, all as long-lived
+        objects the cyclic collector never scans again (`heap.long_lived`: 0.06 to 0.17 s
+        of a restart at 10k open cases). Returns the format version the state was
+        upgraded from, if any."""
         with heap.long_lived():
             found = self.store.upgrade()
-            if decode_open:
-                with self.store.reading() as view:
+            with self.store.reading() as view:
+                if self.rt.calendar.in_window(now) or (
+                        will_plan and self._reusable_plan(view, now) is None):
                     view.cases_in(OPEN_STATES)
         return found
 
@@ -358,17 +375,58 @@ class Daemon(Sync, Intake, Listening, Acting):
                                           kind=notice.kind, attachments=notice.attachments)
 
     # -- the daemon -------------------------------------------------------------------
-    def planned(self, now: datetime) -> list[tuple[Case, PlannedStep]]:
-        """Each open case that has a next step, with it: what the idle timer and the
-        status line both read, so the daemon plans once between a pass and IDLE (10k
-        plans took 0.3 s on this project's 2-core machines)."""
+    def planned(self, now: datetime) -> Planned:
+        """Each open case that has a next step, by number, with it: what the idle timer
+        and the status line both read, so the daemon plans once between a pass and IDLE
+        (10k plans took 0.3 s on this project's 2-core machines), and not at all when the
+        plan it holds, or the one it saved when it last stopped, still holds
+        (`store.plan`)."""
         with self.store.reading() as view:
-            cases = view.cases_in(OPEN_STATES)
-        return plan_each(cases.values(), self.rt.rules, self.rt.calendar, now)
+            reusable = self._reusable_plan(view, now)
+            if reusable is not None:
+                return list(reusable.planned)
+            cases = view.cases_in(OPEN_STATES).values()
+            key = plan_key(view.identity or "", self._plan_inputs())
+        planned = [(case.number, step)
+                   for case, step in plan_each(cases, self.rt.rules, self.rt.calendar, now)]
+        start, end = plan_span(cases, self.rt.calendar, now)
+        self._held_plan = SavedPlan(key, start, end, tuple(planned))
+        return planned
 
-    def next_wake(
-        self, now: datetime, planned: list[tuple[Case, PlannedStep]] | None = None
-    ) -> datetime:
+    def save_plan(self) -> None:
+        """Keep the plan for the next start (`store.plan`); a failure to write it costs
+        that start a planning, so it is logged and nothing else."""
+        if self._held_plan is None or self._held_plan is self._plan_on_disk:
+            return
+        path = self.store.state_dir / PLAN_FILE
+        try:
+            write_plan(path, self._held_plan)
+        except OSError as exc:
+            log.warning("event=plan-not-saved file=%s reason=%s", path, _logfmt(str(exc)))
+            return
+        self._plan_on_disk = self._held_plan
+
+    def _reusable_plan(self, view: StateView, now: datetime) -> SavedPlan | None:
+        """The plan held in memory or saved at the last stop, if it is the one planning
+        `view` at `now` would give."""
+        if view.identity is None:
+            return None
+        if self._held_plan is None and not self._plan_read:
+            self._plan_read = True
+            self._held_plan = self._plan_on_disk = read_plan(
+                self.store.state_dir / PLAN_FILE, self.rt.config.tz)
+        if self._held_plan is None:
+            return None
+        key = plan_key(view.identity, self._plan_inputs())
+        return self._held_plan if self._held_plan.answers(key, now) else None
+
+    def _plan_inputs(self) -> str:
+        """`plan_inputs` of the current rules, computed once per Runtime."""
+        if self._inputs is None or self._inputs[0] is not self.rt:
+            self._inputs = (self.rt, plan_inputs(self.rt.rules, self.rt.config.tz))
+        return self._inputs[1]
+
+    def next_wake(self, now: datetime, planned: Planned | None = None) -> datetime:
         """The earliest planned step (or a send window opening), for the idle timer;
         from `planned` (`Daemon.planned` at the same `now`) when given."""
         if planned is None:
@@ -402,7 +460,6 @@ class Clock:
 def run_once(daemon: Daemon, now: datetime) -> None:
     """`relance run --once`: one pass at `now`, then exit."""
     with daemon.store.lock_daemon():
-        # One pass plans nothing: outside the send window it reads no open case.
-        daemon.warm_start(decode_open=daemon.rt.calendar.in_window(now))
+        daemon.warm_start(now, will_plan=False)
         with Mailbox(daemon.config.imap) as mailbox:
             daemon.run_pass(mailbox, now)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -26,9 +26,10 @@ from relance.config import Config
 from relance.core.schedule import BusinessCalendar, plan_each
 from relance.logs import quote
 from relance.mailbox.imap import IMAP_ERRORS, Mailbox, is_disk_error
-from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode, PlannedStep
+from relance.model import OPEN_STATES, Case, CaseState, Channel, Mode
 from relance.rules.model import Rules
 from relance.sdnotify import Notifier, Watchdog, watchdog_interval
+from relance.store.plan import Planned
 
 log = logging.getLogger("relance")
 
@@ -45,24 +46,30 @@ class _Stop(BaseException):
 
 def status_line(cases: Iterable[Case], rules: Rules, calendar: BusinessCalendar,
                 now: datetime, mode: Mode = Mode.SEND,
-                planned: Iterable[tuple[Case, PlannedStep]] | None = None) -> str:
+                planned: Planned | None = None) -> str:
     """What `systemctl status` shows: e.g. "12 open cases, next send Tue 08:30 (F-14
     reminder-1)". Pure, so it is tested without a mailbox. `planned`, when given, is
     `Daemon.planned` at `now` (the daemon has just planned for its idle timer)."""
     open_cases = [c for c in cases if c.state in OPEN_STATES]
-    count = len(open_cases)
+    if planned is None:
+        planned = [(c.number, p) for c, p in plan_each(open_cases, rules, calendar, now)]
+    return status_text([c.state for c in open_cases], planned, now, mode)
+
+
+def status_text(open_states: Collection[CaseState], planned: Planned, now: datetime,
+                mode: Mode = Mode.SEND) -> str:
+    """`status_line` from the open cases' states and their plans alone: what a daemon
+    that reused its saved plan has, having decoded no case."""
+    count = len(open_states)
     text = f"{count} open case{'' if count == 1 else 's'}"
     attention = [f"{n} {word}" for state, word in _ATTENTION
-                 if (n := sum(c.state is state for c in open_cases))]
+                 if (n := sum(s is state for s in open_states))]
     if attention:
         text += f" ({', '.join(attention)})"
-    if planned is None:
-        planned = plan_each(open_cases, rules, calendar, now)
-    steps = [(p.at, c.number, p) for c, p in planned]
-    if steps:
-        at, number, step = min(steps, key=lambda item: (item[0], item[1]))
+    if planned:
+        number, step = min(planned, key=lambda item: (item[1].at, item[0]))
         text += (f", next {_CHANNEL_WORDS.get(step.channel, 'step')} "
-                 f"{_when(at, now)} ({number} {step.step_name})")
+                 f"{_when(step.at, now)} ({number} {step.step_name})")
     elif count:
         text += ", nothing planned"
     if mode is not Mode.SEND:
@@ -127,7 +134,7 @@ class Service:
     def run(self) -> None:
         imap = self.daemon.config.imap
         with self.daemon.store.lock_daemon() as pid:
-            self.daemon.warm_start()
+            self.daemon.warm_start(self.clock.now())
             log.info("event=started mode=%s pid=%d imap=%s watchdog=%s",
                      self.daemon.config.mode.value, pid, quote(f"{imap.host}:{imap.port}"),
                      f"{self.watchdog.interval:g}s" if self.watchdog.interval else "off")
@@ -168,6 +175,7 @@ class Service:
                     self.wait(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
             self.notifier.stopping()
+            self.daemon.save_plan()
             self.notifier.status("stopped")
             log.info("event=stopped")
 
@@ -233,17 +241,17 @@ class Service:
         self.notifier.ready()
         self.report_status(self.clock.now())
 
-    def report_status(
-        self, now: datetime, planned: list[tuple[Case, PlannedStep]] | None = None
-    ) -> None:
+    def report_status(self, now: datetime, planned: Planned | None = None) -> None:
         if not self.notifier.enabled:
             return
         rt = self.daemon.rt
         try:
+            if planned is None:
+                planned = self.daemon.planned(now)
             with self.daemon.store.reading() as view:
-                cases = view.cases_in(OPEN_STATES)
-            text = status_line(cases.values(), rt.rules, rt.calendar,
-                               now.astimezone(rt.config.tz), rt.config.mode, planned)
+                open_states = view.open_states()
+            text = status_text(open_states, planned, now.astimezone(rt.config.tz),
+                               rt.config.mode)
         except Exception as exc:  # the status line is a courtesy; never fail a pass on it
             text = f"status unavailable ({type(exc).__name__}: {exc})"
         self.notifier.status(text)

@@ -191,6 +191,30 @@ def plan_each(
     return planned
 
 
+def plan_span(
+    cases: Iterable[Case], cal: BusinessCalendar, now: datetime
+) -> tuple[datetime, datetime]:
+    """[start, end): the instants around `now` at which `plan_each` of these same cases
+    gives the same plans, so a plan made at `now` may be reused anywhere in it.
+
+    A plan reads the clock in two places only: the local date (a courtesy step is
+    skipped once its due date is past), and whether a pause's end has come. So the span
+    is `now`'s local day, cut at the pause ends on either side of `now`.
+    """
+    now = _aware(now, "now")
+    local = now.astimezone(cal.tz)
+    start = datetime.combine(local.date(), time(0), tzinfo=cal.tz)
+    end = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=cal.tz)
+    for case in cases:
+        if case.state == CaseState.PAUSED and case.paused_until is not None:
+            until = _aware(case.paused_until, "paused_until")
+            if until <= now:
+                start = max(start, until)
+            else:
+                end = min(end, until)
+    return start, end
+
+
 def due_decisions(
     cases: Iterable[Case], rules: Rules, cal: BusinessCalendar, now: datetime
 ) -> list[Decision]:

@@ -741,9 +741,12 @@ class StateView:
     folder or Message-ID a dict access instead of a table scan.
     """
 
-    def __init__(self, path: Path, snapshot: _Snapshot) -> None:
+    def __init__(self, path: Path, snapshot: _Snapshot, identity: str | None = None) -> None:
         self._path = path
         self._s = snapshot
+        self.identity = identity
+        """Which committed state this is, as files and commit number: equal identities
+        are the same state (None in a transaction, which is not committed yet)."""
         self._cold = ColdFile(path.with_name(COLD_FILE))
 
     def _corrupt(self, reason: str) -> StateCorrupt:
@@ -811,6 +814,17 @@ class StateView:
             if not key & COLD_STATES:  # cold cases are read from their file each time
                 self._s.found[key] = found
         return dict(found)
+
+    def open_states(self) -> list[CaseState]:
+        """The state of each open case, read without decoding any (the status line's
+        counts, at a restart that decodes nothing)."""
+        table = self._s.tables.get(_CASES, {})
+        states = []
+        for doc_id in self._s.case_ids.values():
+            value = _state_of(table[str(doc_id)])
+            if value in _OPEN_VALUES:
+                states.append(_STATES_BY_VALUE[value])
+        return states
 
     def closed_cases_since(self, instant: datetime) -> dict[str, Case]:
         """The cases not in OPEN_STATES with a step or a contact at or after `instant`,
@@ -965,6 +979,7 @@ def _reindex(index: Index, number: str, old: list[str], new: list[str]) -> None:
 
 
 _KNOWN_STATES = frozenset(state.value for state in CaseState)
+_OPEN_VALUES = frozenset(state.value for state in OPEN_STATES)
 
 
 def _state_of(entry: CaseEntry) -> str:
@@ -1530,7 +1545,7 @@ class StateStore:
         """
         with self._flock(fcntl.LOCK_SH):
             cached, _found = self._current(upgrade=False)
-        yield StateView(self.path, cached.snapshot)
+        yield StateView(self.path, cached.snapshot, f"{cached.files}#{cached.seq}")
 
     def move_cold(self, numbers: Iterable[str], batch: int = 2000) -> list[str]:
         """Move these cases to the cold file, those that are hot and in COLD_STATES (the

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -55,52 +53,3 @@ def test_frozen_objects_are_still_freed_when_nothing_holds_them() -> None:
     assert alive() is None
     heap.thaw()
 
-
-def test_a_warm_start_decodes_the_open_cases_and_freezes_them(tmp_path: Path) -> None:
-    from relance.app import Daemon
-    from relance.model import Case, CaseState
-    from relance.store.state import StateStore
-    from tests.unit.test_state import make_case
-
-    store = StateStore(tmp_path)
-    with store.transaction() as tx:
-        tx.put_case(make_case("OPEN-1", state=CaseState.CHASING))
-        tx.put_case(make_case("PAID-1", state=CaseState.PAID))
-    restarted = StateStore(tmp_path)
-    gc.unfreeze()
-    assert Daemon.warm_start(SimpleNamespace(store=restarted)) is None  # type: ignore[arg-type]
-    assert gc.isenabled() and gc.get_freeze_count() > 0
-    cached = restarted._cache
-    assert cached is not None
-    entries = {e.number if isinstance(e, Case) else e["number"]: e
-               for e in cached.snapshot.tables["cases"].values()}
-    assert isinstance(entries["OPEN-1"], Case), "decoded once, for the first plan"
-    assert not isinstance(entries["PAID-1"], Case), "a closed case is left as stored"
-    heap.thaw()
-
-
-@pytest.mark.parametrize("decode_open", [True, False])
-def test_a_warm_start_decodes_the_open_cases_only_when_asked(
-    tmp_path: Path, decode_open: bool
-) -> None:
-    from relance.app import Daemon
-    from relance.model import Case, CaseState
-    from relance.store.state import StateStore
-    from tests.unit.test_state import make_case
-
-    store = StateStore(tmp_path)
-    with store.transaction() as tx:
-        tx.put_case(make_case("OPEN-1", state=CaseState.CHASING))
-        tx.put_case(make_case("PAID-1", state=CaseState.PAID))
-    restarted = StateStore(tmp_path)
-    gc.unfreeze()
-    daemon = SimpleNamespace(store=restarted)
-    assert Daemon.warm_start(daemon, decode_open=decode_open) is None  # type: ignore[arg-type]
-    assert gc.isenabled() and gc.get_freeze_count() > 0
-    cached = restarted._cache
-    assert cached is not None
-    entries = {e.number if isinstance(e, Case) else e["number"]: e
-               for e in cached.snapshot.tables["cases"].values()}
-    assert isinstance(entries["OPEN-1"], Case) is decode_open
-    assert not isinstance(entries["PAID-1"], Case), "a closed case is left as stored"
-    heap.thaw()

@@ -85,8 +85,9 @@ def test_the_plans_a_daemon_made_give_the_same_line(
 ) -> None:
     cases = [case("F-2", date(2026, 3, 13)), case("F-1", date(2026, 3, 8)),
              case("F-3", None, CaseState.NEEDS_FACTS)]
-    planned = [(c, p) for c in cases if (p := plan_next(c, rules, calendar, NOW)) is not None]
-    assert [c.number for c, _ in planned] == ["F-2", "F-1"]
+    planned = [(c.number, p) for c in cases
+               if (p := plan_next(c, rules, calendar, NOW)) is not None]
+    assert [number for number, _ in planned] == ["F-2", "F-1"]
     assert status_line(cases, rules, calendar, NOW, planned=planned) == status_line(
         cases, rules, calendar, NOW) == (
         "3 open cases (1 need facts), next send Tue 08:30 (F-1 courtesy)")
@@ -137,7 +138,7 @@ def runtime(rules: Rules, calendar: BusinessCalendar, label: str) -> Any:
 def service(tmp_path: Path, listener: Listener, rt: Any, reload: Any,
             sleep: Any = lambda s: None) -> Service:
     daemon = SimpleNamespace(rt=rt, store=StateStore(tmp_path / "state"), config=rt.config,
-                             on_event=None)
+                             on_event=None, planned=lambda now: [], save_plan=lambda: None)
     clock = SimpleNamespace(now=lambda: NOW)
     return Service(daemon, clock, reload, sleep, Notifier(listener.name))  # type: ignore[arg-type]
 
