@@ -63,6 +63,8 @@ class Acting:
             # of a day, and every restart then) decodes no case and copies none.
             return
         with self.store.reading() as view:
+            if self.nothing_due(view, now):  # a plan that still holds says so
+                return
             cases = view.cases_in(OPEN_STATES)
             # Closed cases only lend their recent mail to the per-client gap.
             recent = view.closed_cases_since(now - contact_window(self.rt.rules))

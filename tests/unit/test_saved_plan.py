@@ -255,3 +255,39 @@ def test_no_attribute_of_a_daemon_hides_a_method_of_its_parts(home: Path) -> Non
     hidden = {name for name in vars(daemon) if callable(getattr(type(daemon), name, None))}
     assert hidden == set()
     gc.unfreeze()
+
+
+def test_nothing_is_due_only_when_a_plan_that_holds_says_so(home: Path) -> None:
+    """`act` skips decoding the cases when `nothing_due`: a restart inside the send window
+    with the plan saved at 07:00, F-1's courtesy planned on the 5th."""
+    first = new_daemon(home)
+    first.planned(NOW)
+    first.save_plan()
+    restarted = new_daemon(home)
+    with restarted.store.reading() as view:
+        assert restarted.nothing_due(view, paris(2, 9))
+        assert not restarted.nothing_due(view, paris(2, 12)), "F-3's pause ended: no plan"
+    on_the_5th = new_daemon(home)
+    on_the_5th.planned(paris(5, 8))
+    with on_the_5th.store.reading() as view:
+        assert on_the_5th.nothing_due(view, paris(5, 8, 29))
+        assert not on_the_5th.nothing_due(view, paris(5, 8, 30)), "F-1's courtesy is due"
+    seed(on_the_5th, [make_case("F-9")])
+    with on_the_5th.store.reading() as view:
+        assert not on_the_5th.nothing_due(view, paris(5, 8, 29)), "a commit: no plan holds"
+
+
+def test_a_restart_inside_the_window_with_nothing_due_decodes_no_case(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = new_daemon(home)
+    first.planned(NOW)
+    first.save_plan()
+    decoded = spy_decodes(monkeypatch)
+    restarted = new_daemon(home)
+    restarted.warm_start(paris(2, 9))
+    with restarted.store.reading() as view:
+        assert restarted.nothing_due(view, paris(2, 9))
+    assert restarted.planned(paris(2, 9)) == first.planned(NOW)
+    assert decoded == []
+    gc.unfreeze()

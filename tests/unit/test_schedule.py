@@ -11,6 +11,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relance.core.schedule import BusinessCalendar, due_decisions, plan_each, plan_next
 from relance.model import Case, CaseState, Channel, StepRecord
@@ -614,3 +616,68 @@ def test_a_naive_contact_is_refused_beside_aware_steps_or_alone(steps_aware: boo
                      last_contact_at=datetime(2026, 12, 12, 9, 0))
     with pytest.raises(ValueError, match="contact must be timezone-aware"):
         plan_next(case, DEFAULT_RULES, CAL, paris(2026, 12, 19))
+
+
+# --- a later contact never brings a step forward ---------------------------------------
+
+
+@st.composite
+def _rules(draw: st.DrawFn) -> Rules:
+    """Step calendars as the loader accepts them: steps of one kind (calendar or business
+    days) in calendar order, the two kinds mixed in any order."""
+    days = st.one_of(st.sampled_from([-10, -5, -1, 0, 1, 5, 18, 30]), st.integers(-10, 60))
+    offsets = draw(st.lists(st.tuples(days, st.booleans()), min_size=1, max_size=5))
+    for i in range(1, len(offsets)):
+        if offsets[i][1] == offsets[i - 1][1] and offsets[i][0] < offsets[i - 1][0]:
+            offsets[i] = offsets[i - 1]
+    steps = [{"name": f"s{i}", "offset": f"{d:+d} business days" if business else f"{d:+d}d",
+              "template": "reminder-1", "tone": "friendly"}
+             for i, (d, business) in enumerate(offsets)]
+    return Rules.model_validate({
+        "steps": steps, "min_gap": f"{draw(st.integers(0, 10))}d",
+        "instalment_reminder": f"{draw(st.integers(0, 10))}d",
+        "send_window": {"days": ["mon", "tue", "wed", "thu", "fri"],
+                        "start": "08:30", "end": "10:00"},
+        "holidays": {"country": "FR"},
+    })
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=_rules(), due=st.dates(date(2026, 10, 1), date(2027, 3, 1)),
+       at=st.integers(-15, 90), contact=st.integers(-20, 40), later=st.integers(0, 40 * 24),
+       done_steps=st.integers(0, 2), pause_end=st.one_of(st.none(), st.integers(-10, 60)),
+       instalments=st.booleans())
+def test_a_later_contact_never_brings_a_step_forward(
+    rules: Rules, due: date, at: int, contact: int, later: int, done_steps: int,
+    pause_end: int | None, instalments: bool,
+) -> None:
+    """`act` plans each case with its last contact raised to its client's latest mail
+    (`with_client_contacts`); the daemon's plan, which lets `act` skip a pass where no
+    step is due (`Daemon.nothing_due`), is made without that. This holds only because a
+    later contact can delay a step or drop it, never bring one forward. Instants are
+    drawn around the due date (days from it), where the steps and the gap meet."""
+    cal = BusinessCalendar.from_rules(rules, PARIS)
+    around = datetime.combine(due, time(11), tzinfo=PARIS)
+    contacted = around + timedelta(days=contact)
+    overrides: dict[str, object] = {
+        "due_date": due,
+        "last_contact_at": contacted,
+        "steps": tuple(StepRecord(i, f"s{i - 1}", contacted - timedelta(days=1),
+                                  f"<r{i}@atelier.fr>", "sent")
+                       for i in range(1, min(done_steps, len(rules.steps)) + 1)),
+    }
+    if pause_end is not None:
+        overrides |= {"state": CaseState.PAUSED,
+                      "paused_until": around + timedelta(days=pause_end, hours=1)}
+    if instalments:
+        overrides["instalments"] = ((due, Decimal("600.00")),
+                                    (due + timedelta(days=30), Decimal("600.00")))
+    case = make_case(**overrides)
+    now = around + timedelta(days=at, hours=-2)
+    planned = plan_next(case, rules, cal, now)
+    delayed = plan_next(case.with_last_contact(contacted + timedelta(hours=later)),
+                        rules, cal, now)
+    if planned is None:
+        assert delayed is None
+    elif delayed is not None:
+        assert delayed.at >= planned.at
