@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import imaplib
+import inspect
 import json
 import shutil
 import subprocess
@@ -176,7 +177,10 @@ def relance_pass_child(config: Path, now: str, profile: Path | None,
     started = time.perf_counter()
     with daemon.store.lock_daemon():
         if hasattr(daemon, "warm_start"):  # as `relance run` starts (older code had none)
-            daemon.warm_start(instant)
+            if "now" in inspect.signature(daemon.warm_start).parameters:
+                daemon.warm_start(instant)
+            else:  # 2f5ba60 to 66f8455: no saved plan, a daemon decodes at start
+                daemon.warm_start()
         opening = time.perf_counter()
         with Mailbox(daemon.config.imap) as mailbox:
             connected = time.perf_counter()
