@@ -36,9 +36,17 @@ IN_WINDOW = NOW + timedelta(hours=2)
 open case; bench.NOW (07:00) is before it, where nothing can be due."""
 
 
-def measure_restart(config: Path, runs: int) -> dict[str, Any]:
+def measure_restart(config: Path, runs: int, saved_plan: bool = True) -> dict[str, Any]:
     """`runs` second passes on the state `config` names; the mailbox is left as it is.
-    Each run is timed at bench.NOW, before the send window, and again inside it."""
+    Each run is timed at bench.NOW, before the send window, and again inside it. Each
+    finds the plan the run before it saved when it stopped, as a restarted daemon does;
+    without `saved_plan` it is removed first (a start after a crash, on another day, or
+    after a command changed the state: the daemon decodes and plans every open case)."""
+    plan = config.parent / "state" / "plan.json"
+
+    def start() -> None:
+        if not saved_plan:
+            plan.unlink(missing_ok=True)
     passes: list[float] = []
     ready: list[float] = []
     in_window: list[float] = []
@@ -50,14 +58,17 @@ def measure_restart(config: Path, runs: int) -> dict[str, Any]:
     # once; the timed runs after it are alike.
     run_relance_pass(config, now=IN_WINDOW.isoformat())
     for _ in range(runs):
+        start()
         inside = run_relance_pass(config, now=IN_WINDOW.isoformat())
         in_window.append(inside["seconds"])
         in_window_ready.append(inside["ready_seconds"])
+        start()
         result = run_relance_pass(config)
         passes.append(result["seconds"])
         ready.append(result["ready_seconds"])
         peaks.append(result["peak_rss_mb"])
         connects.append(result["connect_seconds"])
+        start()
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "relance", "run", "--config", str(config), "--once",
@@ -139,6 +150,9 @@ def main() -> None:
                         help="keep the closed cases in the hot state (no journal of their "
                              "seal): relance before closed.jsonl, side by side")
     parser.add_argument("--real-first-pass", action="store_true")
+    parser.add_argument("--no-saved-plan", action="store_true",
+                        help="remove plan.json before each start (results go to "
+                             "restart-no-plan.json)")
     args = parser.parse_args()
     from tests.mailservers import Dovecot
 
@@ -156,7 +170,8 @@ def main() -> None:
                               "cursors at the last UID")
             extra["closed_cases"] = args.closed
             extra["closed_hot"] = args.hot
-        result = measure_restart(config, args.runs)
+        result = measure_restart(config, args.runs, saved_plan=not args.no_saved_plan)
+        extra["saved_plan"] = not args.no_saved_plan
     print(f"restart {size_label(size)}: pass {result['pass_median_s']:.3f} s "
           f"(ready {result['ready_median_s']:.3f} s; in the send window "
           f"{result['in_window_median_s']:.3f} s, ready {result['in_window_ready_median_s']:.3f}"
@@ -165,6 +180,8 @@ def main() -> None:
           f" MB ({result['open_cases']} open cases of {result['cases']})")
     name = "restart" if not args.closed else f"restart-closed-{args.closed}" + (
         "-hot" if args.hot else "")
+    if args.no_saved_plan:
+        name += "-no-plan"
     save_results(name,
                  "python -m bench.restart " + " ".join(sys.argv[1:]),
                  {"size": size, **extra, **result})

@@ -9,6 +9,7 @@ clean exit within 5 s on SIGTERM.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import signal
@@ -239,6 +240,29 @@ def test_notifies_ready_status_watchdog_and_stops_cleanly(
         assert list(view.cases()) == ["F-2026-0042"]
         assert view.meta("schema_version") == SCHEMA_VERSION
     assert "Traceback" not in daemon.log
+
+
+def test_a_stopped_daemon_keeps_its_plan_and_the_next_start_reads_it(
+    firm: Firm, notify: NotifySocket
+) -> None:
+    daemon = firm.start(notify)
+    _i, status = notify.wait_for(lambda m: "open case" in m.get("STATUS", ""), START_TIMEOUT_S)
+    daemon.stop_timed()
+    assert daemon.process.returncode == 0, daemon.log
+    plan = firm.state_file.parent / "plan.json"
+    assert json.loads(plan.read_text(encoding="utf-8"))["planned"][0][:3] == [
+        "F-2026-0042", 1, "courtesy"]
+    saved = plan.stat().st_mtime_ns
+
+    mark = len(notify.messages)
+    again = firm.start(notify)
+    _i, restarted = notify.wait_for(lambda m: "open case" in m.get("STATUS", ""),
+                                    START_TIMEOUT_S, after=mark)
+    assert restarted["STATUS"] == status["STATUS"]
+    again.stop_timed()
+    assert again.process.returncode == 0, again.log
+    assert plan.stat().st_mtime_ns == saved, "the plan it read still held: not rewritten"
+    assert "event=plan-unreadable" not in again.log and "Traceback" not in again.log
 
 
 def test_sighup_reloads_rules_and_keeps_them_when_the_edit_is_broken(
