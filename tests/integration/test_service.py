@@ -250,8 +250,9 @@ def test_a_stopped_daemon_keeps_its_plan_and_the_next_start_reads_it(
     daemon.stop_timed()
     assert daemon.process.returncode == 0, daemon.log
     plan = firm.state_file.parent / "plan.json"
-    assert json.loads(plan.read_text(encoding="utf-8"))["planned"][0][:3] == [
-        "F-2026-0042", 1, "courtesy"]
+    saved_doc = json.loads(plan.read_text(encoding="utf-8"))
+    assert saved_doc["planned"] == [["F-2026-0042", 0]]
+    assert saved_doc["steps"][0][:3] == [1, "courtesy", "email"]
     saved = plan.stat().st_mtime_ns
 
     mark = len(notify.messages)

@@ -291,3 +291,17 @@ def test_a_restart_inside_the_window_with_nothing_due_decodes_no_case(
     assert restarted.planned(paris(2, 9)) == first.planned(NOW)
     assert decoded == []
     gc.unfreeze()
+
+
+def test_the_saved_plan_keeps_each_distinct_step_once_and_reads_back_equal(
+    home: Path
+) -> None:
+    daemon = new_daemon(home)
+    seed(daemon, [make_case(f"S-{i}", due=date(2026, 4, 20)) for i in range(50)])
+    planned = daemon.planned(NOW)
+    daemon.save_plan()
+    doc = json.loads((home / "state" / PLAN_FILE).read_text(encoding="utf-8"))
+    assert len(doc["planned"]) == 52 and len(doc["steps"]) == 2  # F-1's and the rest's
+    reread = new_daemon(home).planned(NOW)
+    assert reread == planned
+    assert len({id(step) for _, step in reread}) == 2, "one object per distinct step"
