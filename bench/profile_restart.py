@@ -15,7 +15,7 @@ import argparse
 from datetime import datetime
 
 from bench import NOW, WORK_DIR, parse_sizes
-from bench.restart import IN_WINDOW, seeded_home
+from bench.restart import IN_WINDOW, forget_saved_plan, seeded_home
 from bench.sync import run_relance_pass
 
 
@@ -36,10 +36,9 @@ def main() -> None:
         config = seeded_home(dovecot, parse_sizes([args.size])[0], args.cases)
         run_relance_pass(config, now=IN_WINDOW.isoformat())  # the Monday digest, once
         run_relance_pass(config, now=at.isoformat())
-        plan = config.parent / "state" / "plan.json"
         for i in range(args.runs):
             if args.no_saved_plan:
-                plan.unlink(missing_ok=True)
+                forget_saved_plan(config)
             result = run_relance_pass(config, now=at.isoformat(),
                                       profile=out / f"restart-{i}.html")
             print(f"run {i}: ready {result['ready_seconds']:.3f} s (under the profiler), "

@@ -36,17 +36,24 @@ IN_WINDOW = NOW + timedelta(hours=2)
 open case; bench.NOW (07:00) is before it, where nothing can be due."""
 
 
+def forget_saved_plan(config: Path) -> None:
+    """Remove the plan a clean stop saved (relance.store.plan.PLAN_FILE, named here as a
+    string: bench/before_after.sh runs this bench over relance code that has none), so
+    the next start decodes and plans every open case, as after a crash, on another day,
+    or after a command changed the state."""
+    (config.parent / "state" / "plan.json").unlink(missing_ok=True)
+
+
 def measure_restart(config: Path, runs: int, saved_plan: bool = True) -> dict[str, Any]:
     """`runs` second passes on the state `config` names; the mailbox is left as it is.
     Each run is timed at bench.NOW, before the send window, and again inside it. Each
     finds the plan the run before it saved when it stopped, as a restarted daemon does;
-    without `saved_plan` it is removed first (a start after a crash, on another day, or
-    after a command changed the state: the daemon decodes and plans every open case)."""
-    plan = config.parent / "state" / "plan.json"
+    without `saved_plan` it is removed first (`forget_saved_plan`)."""
 
     def start() -> None:
         if not saved_plan:
-            plan.unlink(missing_ok=True)
+            forget_saved_plan(config)
+
     passes: list[float] = []
     ready: list[float] = []
     in_window: list[float] = []
